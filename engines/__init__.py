@@ -1,0 +1,4 @@
+"""segstream engines: everything that makes a model (networks, data, training, export, runtimes).
+
+`engines` never imports `stream`.
+"""

@@ -1,0 +1,22 @@
+"""One module per `segstream` subcommand.
+
+Each module defines ``HELP`` (one line for ``segstream --help``), ``add_arguments(parser)`` and
+``run(args) -> int``. Heavy imports (torch, tensorrt) happen inside ``run`` so ``--help`` stays fast.
+"""
+
+# (subcommand, module) in the order `segstream --help` lists them.
+COMMANDS: list[tuple[str, str]] = [
+    ("run", "stream.commands.run"),
+    ("worker", "stream.commands.worker"),
+    ("subscribe", "stream.commands.subscribe"),
+    ("keys", "stream.commands.keys"),
+    ("models", "stream.commands.models"),
+    ("train", "stream.commands.train"),
+    ("eval", "stream.commands.eval"),
+    ("predict", "stream.commands.predict"),
+    ("export", "stream.commands.export"),
+    ("quantize", "stream.commands.quantize"),
+    ("build-engine", "stream.commands.build_engine"),
+    ("bench", "stream.commands.bench"),
+    ("doctor", "stream.commands.doctor"),
+]

@@ -1,0 +1,54 @@
+"""The Sink protocol: where results go (window, video file, image folder, mask publisher, browser).
+
+The overlay/publish stage opens every sink with a StreamInfo, writes each Result in seq order, and
+closes every sink at the end (also on Ctrl-C / SIGTERM, so files are finalized).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from engines.meta import ClassTable
+
+
+@dataclass
+class StreamInfo:
+    stream_id: str
+    width: int  # frame size; a mid-stream size change arrives as a Result with another shape
+    height: int
+    fps: float  # nominal source rate (0 when unknown)
+    classes: ClassTable
+    live: bool  # webcam / network: True; file / image folder: False
+    total_frames: int | None = None  # when the source knows it
+
+
+@dataclass
+class Result:
+    seq: int  # pipeline sequence number, gap-free for files
+    frame_index: int  # index of the frame in its source
+    frame: np.ndarray  # original BGR frame (H, W, 3) uint8
+    mask: np.ndarray  # class ids (H, W) uint8 at frame size
+    overlay: np.ndarray | None = None  # colorized blend (H, W, 3) BGR, made once when a sink wants it
+    confidence: np.ndarray | None = None  # (H, W) uint8 max-softmax * 255, when the model was asked
+    timestamps: dict[str, float] = field(default_factory=dict)  # stage -> time.time() seconds
+    drops: dict[str, int] = field(default_factory=dict)  # cumulative drop counters by cause
+    stats: dict[str, Any] | None = None  # latest per-stage metrics snapshot (for live views)
+
+
+class Sink(ABC):
+    """One output. ``wants_overlay`` tells the stage whether to colorize/blend for it."""
+
+    wants_overlay: bool = True
+
+    @abstractmethod
+    def open(self, info: StreamInfo) -> None: ...
+
+    @abstractmethod
+    def write(self, result: Result) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...

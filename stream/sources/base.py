@@ -1,0 +1,61 @@
+"""The Source protocol: one small interface for webcams, files, network streams, image folders and
+the synthetic pattern. Every read reports its status explicitly."""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class ReadStatus(enum.Enum):
+    OK = "ok"
+    TIMEOUT = "timeout"  # nothing within the timeout; the source is still alive
+    EOS = "eos"  # end of stream (file finished, or a live source gave up for good)
+    ERROR = "error"  # a frame could not be read (decode error); the source may go on
+
+
+@dataclass
+class SourceInfo:
+    uri: str
+    width: int
+    height: int
+    fps: float  # nominal rate; 0 when unknown
+    live: bool  # live sources drop (newest frame wins); file sources never drop
+    total_frames: int | None = None
+
+
+@dataclass
+class Frame:
+    status: ReadStatus
+    image: np.ndarray | None = None  # BGR uint8 (H, W, 3) when status is OK
+    index: int = -1  # frame index in the source (counts every frame the source produced)
+    timestamp: float = 0.0  # time.time() at capture
+    error: str | None = None  # what went wrong, for ERROR
+
+
+@dataclass
+class SourceStats:
+    frames: int = 0
+    decode_errors: int = 0
+    reconnects: int = 0
+    dropped: int = 0  # live sources: frames replaced by a newer one before anyone took them
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Source(ABC):
+    """``open()`` validates and returns SourceInfo (raises SourceError with a clear message);
+    ``read(timeout)`` returns one Frame; ``close()`` releases everything."""
+
+    stats: SourceStats
+
+    @abstractmethod
+    def open(self) -> SourceInfo: ...
+
+    @abstractmethod
+    def read(self, timeout: float = 1.0) -> Frame: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
