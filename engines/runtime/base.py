@@ -88,8 +88,9 @@ class Runtime(ABC):
         if full_size:
             from engines.runtime.preprocess import resize_to
 
-            ids_all = [resize_to(m, f.shape[:2], nearest=True) for m, f in zip(ids_all, frames)]
-            conf_all = [resize_to(c, f.shape[:2], nearest=False) for c, f in zip(conf_all, frames)]
+            sizes = [f.shape[:2] for f in frames]
+            ids_all = [resize_to(m, hw, nearest=True) for m, hw in zip(ids_all, sizes, strict=True)]
+            conf_all = [resize_to(c, hw, nearest=False) for c, hw in zip(conf_all, sizes, strict=False)]
         return Prediction(masks=ids_all, confidence=conf_all if confidence else None)
 
     def close(self) -> None:  # noqa: B027 - optional hook

@@ -12,7 +12,12 @@ from typing import Any
 
 import numpy as np
 
+from engines.errors import SegstreamError
 from engines.meta import ClassTable
+
+
+class SinkError(SegstreamError):
+    """A sink cannot be opened or written: unknown spec, unwritable path, missing encoder."""
 
 
 @dataclass

@@ -9,6 +9,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from engines.errors import SegstreamError
+
+
+class SourceError(SegstreamError):
+    """A source cannot be opened or read: unknown URI, missing file, camera absent, stream unreachable."""
+
 
 class ReadStatus(enum.Enum):
     OK = "ok"

@@ -1,0 +1,356 @@
+"""Segmentation datasets (CamVid layout) held in memory as uint8 arrays, and batch augmentation in torch.
+
+A dataset folder holds ``images/*.jpg|png`` and ``labels/*.png`` (class ids, same stem), optionally a
+``<split>.txt`` list of "image label" pairs (in the folder or beside it), and a ``classes.json`` in the
+folder or its parent. CamVid is small (~40 MB of uint8 at 480x360), so everything is decoded once and the
+training loop indexes one tensor on the training device: no DataLoader workers, no per-step host work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engines.errors import SegstreamError
+from engines.meta import ClassTable
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+#: label value used for padding/out-of-image pixels when the class table has no ignore id
+FALLBACK_IGNORE = 255
+
+
+class DatasetError(SegstreamError):
+    """A dataset folder is missing or malformed."""
+
+
+class DatasetNotFound(DatasetError):
+    pass
+
+
+class MissingLabel(DatasetError):
+    pass
+
+
+class SizeMismatch(DatasetError):
+    pass
+
+
+class BadLabelIds(DatasetError):
+    pass
+
+
+def parse_size(text: str | None) -> tuple[int, int] | None:
+    """'480x360' -> (480, 360); None/'' -> None."""
+    if not text:
+        return None
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise DatasetError(f"size '{text}' is not WIDTHxHEIGHT (e.g. 480x360)") from None
+    if w <= 0 or h <= 0:
+        raise DatasetError(f"size '{text}' must be positive")
+    return w, h
+
+
+def ignore_value(classes: ClassTable) -> int:
+    return FALLBACK_IGNORE if classes.ignore_index is None else int(classes.ignore_index)
+
+
+def find_class_table(root: Path) -> ClassTable:
+    for cand in (root / "classes.json", root.parent / "classes.json"):
+        if cand.is_file():
+            return ClassTable.from_json_file(cand)
+    raise DatasetNotFound(f"{root}: no classes.json in the folder or its parent")
+
+
+def list_pairs(root: Path) -> list[tuple[Path, Path]]:
+    """(image, label) paths: from <split>.txt when present, else every image with its same-stem label."""
+    for lst in (root / f"{root.name}.txt", root.parent / f"{root.name}.txt"):
+        if lst.is_file():
+            pairs = []
+            for n, line in enumerate(lst.read_text().splitlines(), 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 2:
+                    raise DatasetError(f"{lst}:{n}: expected 'image label', got '{line.strip()}'")
+                img, lab = (root / p for p in parts)
+                if not img.is_file():
+                    raise DatasetError(f"{lst}:{n}: image not found: {img}")
+                if not lab.is_file():
+                    raise MissingLabel(f"{img}: label file not found: {lab}")
+                pairs.append((img, lab))
+            return pairs
+    img_dir, lab_dir = root / "images", root / "labels"
+    if not img_dir.is_dir():
+        raise DatasetNotFound(f"{root}: no images/ folder (expected images/*.jpg and labels/*.png)")
+    images = sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    pairs = []
+    for img in images:
+        lab = lab_dir / f"{img.stem}.png"
+        if not lab.is_file():
+            raise MissingLabel(f"{img}: no label {lab}")
+        pairs.append((img, lab))
+    return pairs
+
+
+@dataclass
+class SegmentationDataset:
+    """Images (N,H,W,3 uint8 RGB) and labels (N,H,W uint8 class ids) of one or more folders."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: ClassTable
+    names: list[str]
+    roots: list[str]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height)."""
+        return int(self.images.shape[2]), int(self.images.shape[1])
+
+    @property
+    def ignore_index(self) -> int:
+        return ignore_value(self.classes)
+
+    @classmethod
+    def load(
+        cls,
+        root: str | Path,
+        size: tuple[int, int] | None = None,
+        classes: ClassTable | None = None,
+        limit: int | None = None,
+    ) -> SegmentationDataset:
+        """Decode a folder; ``size`` (w, h) resizes images (area/linear) and labels (nearest only)."""
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetNotFound(f"dataset folder not found: {root}")
+        classes = classes or find_class_table(root)
+        pairs = list_pairs(root)
+        if limit:
+            pairs = pairs[:limit]
+        if not pairs:
+            raise DatasetNotFound(f"{root}: no images found")
+        allowed = np.zeros(256, bool)
+        allowed[: classes.num_classes] = True
+        if classes.ignore_index is not None and 0 <= classes.ignore_index < 256:
+            allowed[classes.ignore_index] = True
+        images, labels = [], []
+        for img_path, lab_path in pairs:
+            img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+            if img is None:
+                raise DatasetError(f"{img_path}: cannot decode image")
+            lab = cv2.imread(str(lab_path), cv2.IMREAD_UNCHANGED)
+            if lab is None:
+                raise DatasetError(f"{lab_path}: cannot decode label")
+            if lab.ndim != 2 or lab.dtype != np.uint8:
+                raise DatasetError(f"{lab_path}: label must be a single-channel 8-bit PNG of class ids")
+            if img.shape[:2] != lab.shape:
+                raise SizeMismatch(
+                    f"{img_path} is {img.shape[1]}x{img.shape[0]} but {lab_path} is "
+                    f"{lab.shape[1]}x{lab.shape[0]}"
+                )
+            bad = np.unique(lab[~allowed[lab]])
+            if bad.size:
+                raise BadLabelIds(
+                    f"{lab_path}: label ids {bad.tolist()[:10]} outside the class table "
+                    f"(0-{classes.num_classes - 1}, ignore {classes.ignore_index})"
+                )
+            if size is not None and (img.shape[1], img.shape[0]) != size:
+                shrink = size[0] < img.shape[1]
+                img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+                lab = cv2.resize(lab, size, interpolation=cv2.INTER_NEAREST)
+            images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+            labels.append(lab)
+        shapes = {im.shape for im in images}
+        if len(shapes) > 1:
+            raise SizeMismatch(
+                f"{root}: images have different sizes {sorted(s[1::-1] for s in shapes)[:4]}; "
+                "give a common size (--data-size WxH)"
+            )
+        return cls(
+            images=np.stack(images),
+            labels=np.stack(labels),
+            classes=classes,
+            names=[p[0].name for p in pairs],
+            roots=[str(root)],
+        )
+
+    @classmethod
+    def merge(cls, parts: Sequence[SegmentationDataset]) -> SegmentationDataset:
+        """Concatenate datasets ("more data"): same class table and same image size required."""
+        first = parts[0]
+        for p in parts[1:]:
+            if p.classes != first.classes:
+                raise DatasetError(f"{p.roots[0]}: class table differs from {first.roots[0]}")
+            if p.size != first.size:
+                raise SizeMismatch(
+                    f"{p.roots[0]} is {p.size[0]}x{p.size[1]} but {first.roots[0]} is "
+                    f"{first.size[0]}x{first.size[1]}; give a common --data-size"
+                )
+        if len(parts) == 1:
+            return first
+        return cls(
+            images=np.concatenate([p.images for p in parts]),
+            labels=np.concatenate([p.labels for p in parts]),
+            classes=first.classes,
+            names=[n for p in parts for n in p.names],
+            roots=[r for p in parts for r in p.roots],
+        )
+
+
+def load_datasets(
+    roots: Sequence[str | Path], size: tuple[int, int] | None = None, limit: int | None = None
+) -> SegmentationDataset:
+    parts = [SegmentationDataset.load(r, size=size, limit=limit) for r in roots]
+    return SegmentationDataset.merge(parts)
+
+
+def class_pixel_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    counts = np.bincount(labels.ravel(), minlength=256)
+    return counts[:num_classes].astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------------
+# Augmentation on the training device (torch)
+
+AUGMENTATIONS = ("scale", "crop", "flip", "jitter")
+
+
+def parse_augment(text: str | None) -> tuple[str, ...]:
+    """'scale,crop,flip,jitter' | 'none' | 'all' -> names."""
+    if text is None or text.strip().lower() == "all":
+        return AUGMENTATIONS
+    if text.strip().lower() in ("none", ""):
+        return ()
+    names = tuple(t.strip().lower() for t in text.split(",") if t.strip())
+    bad = [n for n in names if n not in AUGMENTATIONS]
+    if bad:
+        raise DatasetError(f"unknown augmentation {bad} (choose from {','.join(AUGMENTATIONS)}, none, all)")
+    return names
+
+
+class Normalizer:
+    """uint8 NHWC RGB on any device -> float32 NCHW (x/255 - mean) / std."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device) -> None:
+        import torch
+
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, images_u8):
+        x = images_u8.permute(0, 3, 1, 2).float().div_(255.0)
+        return self.normalize_unit(x)
+
+    def normalize_unit(self, x):
+        return (x - self.mean) / self.std
+
+
+class BatchAugmenter:
+    """Joint image/label augmentation of whole batches with one affine ``grid_sample``.
+
+    Per sample: scale s in ``scale_range`` (zoom), a random crop of ``crop_size`` (w, h) of the scaled
+    image (padding with the ignore id where the crop leaves the image), horizontal flip; then photometric
+    jitter (brightness, contrast, saturation, hue) on the crop. Images are sampled bilinearly, labels with
+    mode='nearest' so label values are never interpolated. Random draws come from ``generator`` (CPU) so
+    the same seed gives the same batches on CPU and CUDA.
+    """
+
+    def __init__(
+        self,
+        enabled: Sequence[str],
+        crop_size: tuple[int, int] | None,
+        ignore_index: int,
+        normalizer: Normalizer,
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        jitter: tuple[float, float, float, float] = (0.3, 0.3, 0.3, 0.05),
+    ) -> None:
+        self.enabled = set(enabled)
+        self.crop_size = crop_size
+        self.ignore_index = ignore_index
+        self.normalizer = normalizer
+        self.scale_range = scale_range
+        self.jitter = jitter
+
+    def __call__(self, images_u8, labels_u8, generator):
+        """images (N,H,W,3) uint8, labels (N,H,W) uint8 on the device -> (float NCHW normalized, long NHW)."""
+        import torch
+        import torch.nn.functional as F
+
+        n, h, w = labels_u8.shape
+        dev = images_u8.device
+        geometric = {"scale", "crop", "flip"} & self.enabled
+        x = images_u8.permute(0, 3, 1, 2).float().div_(255.0)
+        y = labels_u8.long()
+        if geometric:
+            cw, ch = self.crop_size if ("crop" in self.enabled and self.crop_size) else (w, h)
+            r = torch.rand(n, 4, generator=generator)
+            if "scale" in self.enabled:
+                lo, hi = float(np.log(self.scale_range[0])), float(np.log(self.scale_range[1]))
+                s = torch.exp(lo + (hi - lo) * r[:, 0])
+            else:
+                s = torch.ones(n)
+            # crop window (in scaled-image pixels) at a random offset; negative room means padding
+            room_x, room_y = s * w - cw, s * h - ch
+            ox, oy = r[:, 1] * room_x, r[:, 2] * room_y
+            if "crop" not in self.enabled:  # centre the zoom
+                ox, oy = room_x / 2, room_y / 2
+            flip = torch.ones(n)  # +1 keep, -1 mirror
+            if "flip" in self.enabled:
+                flip = torch.where(r[:, 3] < 0.5, -flip, flip)
+            # output normalized coord -> input normalized coord (align_corners=False)
+            theta = torch.zeros(n, 2, 3)
+            theta[:, 0, 0] = flip * cw / (s * w)
+            theta[:, 0, 2] = (cw + 2 * ox) / (s * w) - 1
+            theta[:, 1, 1] = ch / (s * h)
+            theta[:, 1, 2] = (ch + 2 * oy) / (s * h) - 1
+            theta = theta.to(dev, non_blocking=True)
+            grid = F.affine_grid(theta, [n, 3, ch, cw], align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+            # shift labels by one so 0 marks "outside the image" after zero padding
+            yl = (y + 1).float().unsqueeze(1)
+            yl = F.grid_sample(yl, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+            yl = yl.squeeze(1).round_().long()
+            y = torch.where(yl == 0, torch.full_like(yl, self.ignore_index), yl - 1)
+        if "jitter" in self.enabled:
+            x = self._jitter(x, generator)
+        x = self.normalizer.normalize_unit(x)
+        return x, y
+
+    def _jitter(self, x, generator):
+        import torch
+
+        n = x.shape[0]
+        b, c, s, hue = self.jitter
+        # all factors are drawn and combined on the CPU, then sent once (no device->host syncs)
+        r = torch.rand(n, 4, generator=generator) * 2 - 1
+        gray_w = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
+        f = torch.stack([1 + b * r[:, 0], 1 + c * r[:, 1], 1 + s * r[:, 2]], 1).to(
+            x.device, non_blocking=True
+        )
+        x = x * f[:, 0].view(n, 1, 1, 1)
+        gray = (x * gray_w).sum(1, keepdim=True)
+        mean = gray.mean((2, 3), keepdim=True)
+        x = (x - mean) * f[:, 1].view(n, 1, 1, 1) + mean
+        gray = (x * gray_w).sum(1, keepdim=True)
+        x = (x - gray) * f[:, 2].view(n, 1, 1, 1) + gray
+        if hue > 0:
+            # hue shift = rotation of the chroma plane in YIQ space
+            ang = r[:, 3] * hue * 2 * np.pi
+            to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+            rot = torch.zeros(n, 3, 3)
+            rot[:, 0, 0] = 1
+            rot[:, 1, 1] = rot[:, 2, 2] = torch.cos(ang)
+            rot[:, 1, 2] = -torch.sin(ang)
+            rot[:, 2, 1] = torch.sin(ang)
+            m = torch.linalg.inv(to_yiq).unsqueeze(0) @ rot @ to_yiq.unsqueeze(0)
+            x = torch.einsum("nij,njhw->nihw", m.to(x.device, non_blocking=True), x)
+        return x.clamp_(0, 1)

@@ -1,0 +1,122 @@
+"""ONNX Runtime backend: the default that runs everywhere (CPU), CUDA/TensorRT providers when present."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from engines.meta import META_KEY, MetadataError, ModelMeta
+from engines.runtime.base import BackendUnavailable, ModelFileError, Runtime, ShapeError
+
+INPUT_NAME = "images"
+
+
+def providers_for(device: str) -> list[str]:
+    """Execution providers for ``device``: cpu | cuda | tensorrt | auto (best available, CPU last)."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device in ("cuda", "tensorrt"):
+        wanted = "CUDAExecutionProvider" if device == "cuda" else "TensorrtExecutionProvider"
+        if wanted not in available:
+            raise BackendUnavailable(
+                f"ONNX Runtime {ort.__version__} has no {wanted} (available: {', '.join(available)}); "
+                "install onnxruntime-gpu for GPU inference"
+            )
+        chain = [wanted, "CUDAExecutionProvider"] if device == "tensorrt" else [wanted]
+        return [p for p in dict.fromkeys(chain) if p in available] + ["CPUExecutionProvider"]
+    if device == "auto":
+        return [p for p in ("CUDAExecutionProvider",) if p in available] + ["CPUExecutionProvider"]
+    raise BackendUnavailable(f"unknown device '{device}' for ONNX Runtime (use auto, cpu, cuda or tensorrt)")
+
+
+class OrtRuntime(Runtime):
+    """An exported segstream ONNX model in an ONNX Runtime session.
+
+    ``threads``: intra-op threads (None = ONNX Runtime's default, one per core). ``spin``: let idle
+    worker threads spin (faster alone, steals cores from other pipeline stages); None = default.
+    ``input_size`` (w, h) overrides the metadata's size when the graph has dynamic H/W.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | Path,
+        device: str = "auto",
+        threads: int | None = None,
+        spin: bool | None = None,
+        input_size: tuple[int, int] | None = None,
+        max_batch: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelFileError(f"model file not found: {self.path}")
+        providers = providers_for(device)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3  # our errors say what is wrong; ORT's warnings are noise here
+        if threads:
+            so.intra_op_num_threads = int(threads)
+            so.inter_op_num_threads = 1
+        if spin is not None:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        try:
+            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises Fail/InvalidProtobuf/... for bad files
+            msg = str(e).strip().splitlines()[0][:200]
+            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({msg})") from None
+        self.device = "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" else "cpu"
+        self.meta = self._read_meta()
+        inp = {i.name: i for i in self.session.get_inputs()}
+        if INPUT_NAME not in inp:
+            raise ModelFileError(f"{self.path}: no '{INPUT_NAME}' input (inputs: {', '.join(inp)})")
+        outs = [o.name for o in self.session.get_outputs()]
+        if "ids" not in outs:
+            raise ModelFileError(f"{self.path}: no 'ids' output (outputs: {', '.join(outs)})")
+        self.has_confidence = "confidence" in outs
+        shape = inp[INPUT_NAME].shape  # ints for fixed dims, strings/None for dynamic ones
+        self.fixed_hw = tuple(shape[2:4]) if all(isinstance(d, int) for d in shape[2:4]) else None
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        if input_size is not None:
+            w, h = int(input_size[0]), int(input_size[1])
+            if self.fixed_hw and self.fixed_hw != (h, w):
+                fh, fw = self.fixed_hw
+                raise ShapeError(f"{self.path}: exported for {fw}x{fh} only (fixed H/W), asked for {w}x{h}")
+            self.meta = replace(self.meta, input_size=(w, h))
+        if max_batch is not None:
+            self.meta = replace(self.meta, max_batch=int(max_batch))
+        self.providers = self.session.get_providers()
+
+    def _read_meta(self) -> ModelMeta:
+        props = self.session.get_modelmeta().custom_metadata_map
+        if META_KEY not in props:
+            raise ModelFileError(
+                f"{self.path}: no '{META_KEY}' metadata; export it with `segstream export` "
+                "(the model's classes and normalization travel in that entry)"
+            )
+        try:
+            return ModelMeta.from_json(props[META_KEY])
+        except MetadataError as e:
+            raise ModelFileError(f"{self.path}: {e}") from None
+
+    def run(self, batch: np.ndarray, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        if batch.ndim != 4 or batch.shape[1] != self.meta.channels:
+            raise ShapeError(f"batch must be N x {self.meta.channels} x H x W float32, got {batch.shape}")
+        n = batch.shape[0]
+        if n > self.meta.max_batch or (self.fixed_batch and n != self.fixed_batch):
+            raise ShapeError(f"batch of {n} exceeds the model's max batch {self.meta.max_batch}")
+        if self.fixed_hw and tuple(batch.shape[2:]) != self.fixed_hw:
+            raise ShapeError(
+                f"{self.path}: takes {self.fixed_hw[1]}x{self.fixed_hw[0]} only, got "
+                f"{batch.shape[3]}x{batch.shape[2]}"
+            )
+        if confidence and not self.has_confidence:
+            raise ModelFileError(f"{self.path}: the model has no 'confidence' output")
+        names = ["ids", "confidence"] if confidence else ["ids"]
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        out = self.session.run(names, {INPUT_NAME: x})
+        return out[0], (out[1] if confidence else None)

@@ -1,0 +1,167 @@
+"""`segstream eval`: accuracy and speed of a model file on a labelled dataset folder."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "evaluate a model (.pt/.onnx/engine) on a labelled folder: IoU table, JSON, confusion PNG, speed"
+DESCRIPTION = """Run a model file (PyTorch .pt, ONNX .onnx or TensorRT .engine) over a labelled folder
+(CamVid layout) at batch 1, compare its masks with the labels at the label resolution (void pixels
+excluded), and print per-class IoU, precision, recall and F1 with mIoU, pixel accuracy and mean class
+accuracy. Also reports the runtime's inference speed (bare model run and full predict, ms/image).
+
+example:
+  segstream eval --model runs/fastscnn/best.pt --data ../shared/data/camvid/val --json val.json"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' line breaks
+    p.add_argument("--model", required=True, help="model file: .pt checkpoint, .onnx, .engine/.plan")
+    p.add_argument("--data", required=True, metavar="DIR", help="labelled folder (images/, labels/)")
+    p.add_argument(
+        "--size",
+        metavar="WxH",
+        help="evaluate at this resolution (images and labels resized; labels nearest). "
+        "Default: each label's own size",
+    )
+    p.add_argument("--json", metavar="OUT", help="write all figures (and the confusion matrix) as JSON here")
+    p.add_argument(
+        "--confusion",
+        metavar="PNG",
+        help="confusion-matrix heatmap (default: beside --json, else not written)",
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N]")
+    p.add_argument("--threads", type=int, help="inference threads (CPU)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs (default 3)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import time
+    from pathlib import Path
+
+    import cv2
+    import numpy as np
+    from rich.console import Console
+    from rich.table import Table
+
+    from engines.data import DatasetError, DatasetNotFound, find_class_table, list_pairs, parse_size
+    from engines.metrics import ConfusionMatrix
+    from engines.runtime import load
+
+    console = Console()
+    root = Path(args.data)
+    if not root.is_dir():
+        raise DatasetNotFound(f"dataset folder not found: {root}")
+    size = parse_size(args.size)
+    pairs = list_pairs(root)[: args.limit or None]
+    if not pairs:
+        raise DatasetNotFound(f"{root}: no images found")
+    rt = load(args.model, device=args.device, threads=args.threads)
+    classes = rt.meta.classes
+    try:
+        data_classes = find_class_table(root)
+    except DatasetError:
+        data_classes = None
+    if data_classes is not None and data_classes.names != classes.names:
+        console.print(
+            f"[yellow]warning: the class names of {root} ({len(data_classes.names)}) differ from the "
+            f"model's ({len(classes.names)}); label ids are compared as they are"
+        )
+    cm = ConfusionMatrix(classes.num_classes, classes.ignore_index)
+    run_s: list[float] = []
+    predict_s: list[float] = []
+    for i, (img_path, lab_path) in enumerate(pairs):
+        img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+        lab = cv2.imread(str(lab_path), cv2.IMREAD_UNCHANGED)
+        if img is None or lab is None:
+            raise DatasetError(f"cannot decode {img_path if img is None else lab_path}")
+        if size is not None:
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+            lab = cv2.resize(lab, size, interpolation=cv2.INTER_NEAREST)
+        if i == 0:
+            for _ in range(max(args.warmup, 0)):
+                rt.predict([img], full_size=True)
+        t0 = time.perf_counter()
+        batch = rt.prepare([img])
+        t1 = time.perf_counter()
+        ids, _ = rt.run(batch)
+        t2 = time.perf_counter()
+        mask = ids[0]
+        if mask.shape != lab.shape:
+            mask = cv2.resize(mask, (lab.shape[1], lab.shape[0]), interpolation=cv2.INTER_NEAREST)
+        t3 = time.perf_counter()
+        run_s.append(t2 - t1)
+        predict_s.append(t3 - t0)
+        cm.update(lab, mask)
+    rt.close()
+
+    s = cm.summary(list(classes.names))
+    run_ms = 1000 * float(np.median(run_s))
+    pred_ms = 1000 * float(np.median(predict_s))
+    s.update(
+        model=str(args.model),
+        backend=rt.backend,
+        device=str(rt.device),
+        data=str(root),
+        images=len(pairs),
+        input_size=list(rt.meta.input_size),
+        speed={
+            "run_ms": run_ms,
+            "run_fps": 1000 / run_ms,
+            "predict_ms": pred_ms,
+            "predict_fps": 1000 / pred_ms,
+            "batch": 1,
+        },
+    )
+    table = Table(title=f"{Path(args.model).name} on {root} ({len(pairs)} images)")
+    for col in ("class", "IoU", "precision", "recall", "F1", "pixels"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    for k, name in enumerate(s["classes"]):
+        table.add_row(
+            name,
+            pct(s["iou"][k]),
+            pct(s["precision"][k]),
+            pct(s["recall"][k]),
+            pct(s["f1"][k]),
+            str(s["pixels"][k]),
+        )
+    table.add_section()
+    table.add_row(
+        "[bold]mean",
+        f"[bold]{pct(s['miou'])}",
+        pct(s["macro_precision"]),
+        pct(s["macro_recall"]),
+        pct(s["macro_f1"]),
+        str(sum(s["pixels"])),
+    )
+    console.print(table)
+    console.print(
+        f"mIoU {pct(s['miou'])}%  pixel accuracy {pct(s['pixel_accuracy'])}%  "
+        f"mean class accuracy {pct(s['mean_accuracy'])}%"
+    )
+    console.print(
+        f"speed ({rt.backend} on {rt.device}, batch 1, "
+        f"input {rt.meta.input_size[0]}x{rt.meta.input_size[1]}): "
+        f"model run {run_ms:.2f} ms ({1000 / run_ms:.1f} fps), with pre/post-processing {pred_ms:.2f} ms "
+        f"({1000 / pred_ms:.1f} fps)"
+    )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(s, indent=2))
+        console.print(f"wrote {args.json}")
+    png = args.confusion or (str(Path(args.json).with_suffix("")) + "_confusion.png" if args.json else None)
+    if png:
+        try:
+            from engines.plots import plot_confusion
+        except ImportError:
+            console.print("confusion PNG skipped: matplotlib not installed")
+        else:
+            plot_confusion(Path(png), cm.matrix, list(classes.names))
+            console.print(f"wrote {png}")
+    return 0

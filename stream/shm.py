@@ -1,0 +1,233 @@
+"""Shared-memory frame ring: same-host pixels without copies through sockets.
+
+One POSIX segment (``/dev/shm/segstream-<pid>-<token>``) holds ``slots`` fixed-size slots. Each slot
+has a frame region (the captured BGR frame) and an input region (the model input the preprocess
+stage prepares for that frame), so a frame and its prepared input share one slot number.
+
+Ownership: the supervisor creates the segment and is the only process that unlinks it on a normal
+exit; stages attach without tracking. If the supervisor is SIGKILLed, its multiprocessing resource
+tracker (a separate process) unlinks the segment, and the stages unlink it too when they notice
+their parent is gone -- unlinking twice is harmless.
+
+Slot reuse is protected by credits: capture takes a free slot per frame and gets it back only when
+the overlay stage acknowledges the frame's seq (``SlotLedger``), so a slot is never overwritten
+while any stage may still read it.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.errors import SegstreamError
+
+PREFIX = "segstream-"
+ALIGN = 4096
+
+
+class ShmError(SegstreamError):
+    """A shared-memory segment cannot be created or attached."""
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+@dataclass(frozen=True)
+class RingLayout:
+    slots: int
+    frame_bytes: int  # capacity of a slot's frame region
+    input_bytes: int  # capacity of a slot's prepared-input region
+
+    @property
+    def slot_bytes(self) -> int:
+        return _align(self.frame_bytes) + _align(max(self.input_bytes, 1))
+
+    @property
+    def total_bytes(self) -> int:
+        return self.slots * self.slot_bytes
+
+    def to_dict(self) -> dict[str, int]:
+        return {"slots": self.slots, "frame_bytes": self.frame_bytes, "input_bytes": self.input_bytes}
+
+
+def _shm_open(name: str, create: bool, size: int = 0) -> mmap.mmap:
+    import _posixshmem  # the primitive multiprocessing.shared_memory uses, minus its tracking
+
+    flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+    try:
+        fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
+    except FileExistsError:
+        raise ShmError(f"shared-memory segment {name} already exists") from None
+    except FileNotFoundError:
+        raise ShmError(f"shared-memory segment {name} does not exist (supervisor gone?)") from None
+    try:
+        if create:
+            os.ftruncate(fd, size)
+        else:
+            size = os.fstat(fd).st_size
+        return mmap.mmap(fd, size)
+    except OSError as e:
+        if create:
+            unlink(name)
+        raise ShmError(f"shared-memory segment {name} ({size} bytes): {e}") from None
+    finally:
+        os.close(fd)
+
+
+def unlink(name: str) -> bool:
+    """Remove a segment by name; False when it was already gone."""
+    import _posixshmem
+
+    try:
+        _posixshmem.shm_unlink("/" + name)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class FrameRing:
+    """A ring of fixed slots in one shared-memory segment."""
+
+    def __init__(self, name: str, layout: RingLayout, buf: mmap.mmap, owner: bool) -> None:
+        self.name = name
+        self.layout = layout
+        self._buf = buf
+        self.owner = owner
+        self._tracked = False
+        self._np = np.frombuffer(buf, dtype=np.uint8)
+
+    @classmethod
+    def create(cls, layout: RingLayout, tag: str = "") -> FrameRing:
+        name = f"{PREFIX}{os.getpid()}-{tag + '-' if tag else ''}{secrets.token_hex(4)}"
+        ring = cls(name, layout, _shm_open(name, True, layout.total_bytes), owner=True)
+        try:  # backstop: the resource tracker unlinks the segment if this process is SIGKILLed
+            from multiprocessing import resource_tracker
+
+            resource_tracker.register("/" + name, "shared_memory")
+            ring._tracked = True
+        except Exception:  # noqa: BLE001 - tracking is a safety net only
+            pass
+        return ring
+
+    @classmethod
+    def attach(cls, name: str, layout: RingLayout) -> FrameRing:
+        buf = _shm_open(name, False)
+        if len(buf) < layout.total_bytes:
+            buf.close()
+            raise ShmError(
+                f"shared-memory segment {name} is {len(buf)} bytes, layout needs {layout.total_bytes}"
+            )
+        return cls(name, layout, buf, owner=False)
+
+    def _region(self, slot: int, which: str, nbytes: int) -> np.ndarray:
+        if not 0 <= slot < self.layout.slots:
+            raise ShmError(f"slot {slot} outside ring of {self.layout.slots}")
+        cap = self.layout.frame_bytes if which == "frame" else self.layout.input_bytes
+        if nbytes > cap:
+            raise ShmError(f"{which} of {nbytes} bytes does not fit a {cap}-byte slot")
+        start = slot * self.layout.slot_bytes + (0 if which == "frame" else _align(self.layout.frame_bytes))
+        return self._np[start : start + nbytes]
+
+    def fits(self, which: str, nbytes: int) -> bool:
+        return nbytes <= (self.layout.frame_bytes if which == "frame" else self.layout.input_bytes)
+
+    def write(self, slot: int, which: str, arr: np.ndarray) -> None:
+        dst = self._region(slot, which, arr.nbytes)
+        np.copyto(dst.view(arr.dtype).reshape(arr.shape), arr, casting="no")
+
+    def view(self, slot: int, which: str, shape: tuple[int, ...], dtype: str | np.dtype) -> np.ndarray:
+        """A view (no copy) of a slot region; valid until the slot is released."""
+        dt = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+        return self._region(slot, which, n).view(dt).reshape(shape)
+
+    def close(self) -> None:
+        """Detach; the owner also unlinks."""
+        self._np = None  # drop the numpy export before closing the mmap
+        try:
+            self._buf.close()
+        except BufferError:  # a view is still alive somewhere; the mapping goes with the process
+            pass
+        if self.owner:
+            unlink(self.name)
+            if self._tracked:
+                from multiprocessing import resource_tracker
+
+                try:
+                    resource_tracker.unregister("/" + self.name, "shared_memory")
+                except Exception:  # noqa: BLE001
+                    pass
+
+    def __enter__(self) -> FrameRing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SlotLedger:
+    """Capture's book of slots: which are free, which seq holds which slot, since when.
+
+    A slot goes out with a seq and comes back when that seq is acknowledged downstream. Unacknowledged
+    entries keep what is needed to re-send the frame after a stage restart.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.free: list[int] = list(range(slots))[::-1]
+        self.out: dict[int, tuple[int, float, bytes]] = {}  # seq -> (slot, sent at, header bytes)
+
+    def take(self) -> int | None:
+        return self.free.pop() if self.free else None
+
+    def give_back(self, slot: int) -> None:
+        self.free.append(slot)
+
+    def sent(self, seq: int, slot: int, header: bytes) -> None:
+        self.out[seq] = (slot, time.monotonic(), header)
+
+    def ack(self, seq: int) -> bool:
+        entry = self.out.pop(seq, None)
+        if entry is None:
+            return False
+        self.free.append(entry[0])
+        return True
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.out)
+
+    def unacked(self) -> list[tuple[int, bytes]]:
+        """(seq, header) of every frame still out, oldest first."""
+        return [(s, e[2]) for s, e in sorted(self.out.items())]
+
+
+def leftover_segments() -> list[str]:
+    """Names of segstream segments currently in /dev/shm (Linux), for tests and cleanup."""
+    try:
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(PREFIX))
+    except FileNotFoundError:
+        return []
+
+
+def remove_orphans() -> list[str]:
+    """Unlink segments whose creating process (pid in the name) no longer exists."""
+    removed = []
+    for name in leftover_segments():
+        try:
+            pid = int(name[len(PREFIX) :].split("-", 1)[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            if unlink(name):
+                removed.append(name)
+        except PermissionError:
+            pass
+    return removed

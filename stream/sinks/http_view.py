@@ -1,0 +1,254 @@
+"""``http://HOST:PORT``: a live view in the browser — the overlay as MJPEG, the class legend, and
+per-stage fps / latency / drops polled from ``/stats.json``.
+
+The pipeline thread only swaps a reference into a "latest frame" slot; one encoder thread makes
+the JPEG (once per frame, at most ``fps`` times a second, only while someone watches) and every
+viewer thread sends the newest JPEG it has not sent yet. A stalled or vanished viewer therefore
+costs the pipeline nothing: it just skips frames, and its thread ends on a send timeout.
+
+Options: ``?fps=15`` (most JPEGs per second), ``quality=80`` (JPEG quality). Port 0 picks a free
+port (see ``.url`` after open()).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from stream.sinks.base import Result, Sink, SinkError, StreamInfo
+
+BOUNDARY = "segstreamframe"
+WATCH_GRACE_S = 5.0  # keep encoding this long after the last viewer request
+
+
+class HttpViewSink(Sink):
+    wants_overlay = True
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        u = urlsplit(spec)
+        if u.scheme != "http":
+            raise SinkError(f"{spec}: expected http://HOST:PORT")
+        try:
+            self.host = u.hostname or "127.0.0.1"
+            self.req_port = 8080 if u.port is None else u.port
+            opts = dict(parse_qsl(u.query))
+            self.max_fps = float(opts.pop("fps", 15))
+            self.quality = int(opts.pop("quality", 80))
+        except ValueError as e:
+            raise SinkError(f"{spec}: {e}") from None
+        if opts:
+            raise SinkError(f"{spec}: unknown option(s) {sorted(opts)} (known: fps, quality)")
+        if self.max_fps <= 0 or not 1 <= self.quality <= 100:
+            raise SinkError(f"{spec}: fps must be > 0 and quality 1-100")
+        self._cond = threading.Condition()
+        self._latest: tuple[Any, int] | None = None  # (image, frame number) waiting for the encoder
+        self._jpeg: tuple[bytes, int] | None = None  # newest encoded JPEG and its frame number
+        self._stop = threading.Event()
+        self._viewers = 0
+        self._last_watch = 0.0
+        self._frames = 0
+        self._times: deque[float] = deque(maxlen=120)
+        self._status: dict[str, Any] = {}
+        self.encoded = 0
+        self._server: ThreadingHTTPServer | None = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def open(self, info: StreamInfo) -> None:
+        self.info = info
+        self._legend = json.dumps(
+            {
+                "stream": info.stream_id,
+                "ignore_index": info.classes.ignore_index,
+                "classes": [
+                    {"id": i, "name": n, "rgb": list(c)}
+                    for i, (n, c) in enumerate(zip(info.classes.names, info.classes.palette, strict=True))
+                ],
+            }
+        ).encode()
+        self._page = resources.files("stream").joinpath("static/view.html").read_bytes()
+        handler = type("Handler", (_Handler,), {"sink": self})
+        try:
+            self._server = ThreadingHTTPServer((self.host, self.req_port), handler)
+        except OSError as e:
+            raise SinkError(
+                f"{self.spec}: cannot listen on {self.host}:{self.req_port}: {e.strerror}"
+            ) from None
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://{self.host}:{self.port}/"
+        if self.host in ("0.0.0.0", "", "::"):
+            print(
+                f"segstream: WARNING: live view {self.spec} is reachable from the network without a password",
+                file=sys.stderr,
+            )
+        threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            daemon=True,
+            name="segstream-http",
+        ).start()
+        threading.Thread(target=self._encode_loop, daemon=True, name="segstream-jpeg").start()
+        print(f"segstream: live view at {self.url}", file=sys.stderr)
+
+    def write(self, result: Result) -> None:
+        now = time.time()
+        image = result.overlay if result.overlay is not None else result.frame
+        self._frames += 1
+        self._times.append(now)
+        cap = result.timestamps.get("capture")
+        self._status = {
+            "seq": result.seq,
+            "frame_index": result.frame_index,
+            "latency_ms": None if cap is None else round(1000 * (now - cap), 1),
+            "drops": dict(result.drops),
+            "stages": result.stats or {},
+            "timestamps": dict(result.timestamps),
+        }
+        with self._cond:
+            self._latest = (image, self._frames)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # ------------------------------------------------------------------------------- encoder
+    def _watched(self) -> bool:
+        return self._viewers > 0 or time.monotonic() - self._last_watch < WATCH_GRACE_S
+
+    def _encode_loop(self) -> None:
+        import cv2
+
+        last_frame, last_t = 0, 0.0
+        while not self._stop.is_set():
+            with self._cond:
+                self._cond.wait_for(
+                    lambda seen=last_frame: (
+                        self._stop.is_set() or (self._latest is not None and self._latest[1] != seen)
+                    ),
+                    0.5,
+                )
+                latest = self._latest
+            if self._stop.is_set() or latest is None or latest[1] == last_frame:
+                continue
+            if not self._watched():
+                last_frame = latest[1]  # nobody watches: skip it without encoding
+                continue
+            wait = 1.0 / self.max_fps - (time.monotonic() - last_t)
+            if wait > 0:
+                time.sleep(wait)
+                continue  # take the newest frame after the pause, not this one
+            image, number = latest
+            ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+            last_frame, last_t = number, time.monotonic()
+            if ok:
+                with self._cond:
+                    self._jpeg = (buf.tobytes(), number)
+                    self.encoded += 1
+                    self._cond.notify_all()
+
+    def next_jpeg(self, after: int, timeout: float) -> tuple[bytes, int] | None:
+        """The newest JPEG newer than frame ``after`` (waits up to ``timeout``)."""
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._stop.is_set() or (self._jpeg is not None and self._jpeg[1] > after), timeout
+            )
+            jpeg = self._jpeg
+        return jpeg if jpeg is not None and jpeg[1] > after else None
+
+    def stats_json(self) -> bytes:
+        times = list(self._times)
+        recent = [t for t in times if t > time.time() - 2.0]
+        fps = (
+            (len(recent) - 1) / (recent[-1] - recent[0])
+            if len(recent) > 1 and recent[-1] > recent[0]
+            else 0.0
+        )
+        doc = {
+            "stream": self.info.stream_id,
+            "frames": self._frames,
+            "fps": round(fps, 2),
+            "viewers": self._viewers,
+            "jpeg_encoded": self.encoded,
+            **self._status,
+        }
+        return json.dumps(doc, default=str).encode()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    sink: HttpViewSink
+    protocol_version = "HTTP/1.1"
+    timeout = 10  # a viewer that stops reading is dropped after this many seconds
+
+    def log_message(self, format: str, *args) -> None:  # quiet: the terminal belongs to the pipeline
+        pass
+
+    def _send(self, body: bytes, ctype: str, status: int = 200) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        sink = self.sink
+        path = urlsplit(self.path).path
+        sink._last_watch = time.monotonic()
+        try:
+            if path in ("/", "/index.html"):
+                self._send(sink._page, "text/html; charset=utf-8")
+            elif path == "/stats.json":
+                self._send(sink.stats_json(), "application/json")
+            elif path == "/classes.json":
+                self._send(sink._legend, "application/json")
+            elif path == "/frame.jpg":
+                jpeg = sink.next_jpeg(0, 3.0)
+                if jpeg is None:
+                    self._send(b"no frame yet", "text/plain", 503)
+                else:
+                    self._send(jpeg[0], "image/jpeg")
+            elif path == "/stream.mjpg":
+                self._mjpeg()
+            else:
+                self._send(b"not found", "text/plain", 404)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass  # the viewer went away; nothing else waits on it
+
+    def _mjpeg(self) -> None:
+        sink = self.sink
+        self.send_response(200)
+        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        with sink._cond:
+            sink._viewers += 1
+        try:
+            sent = 0
+            while not sink._stop.is_set():
+                jpeg = sink.next_jpeg(sent, 1.0)
+                sink._last_watch = time.monotonic()
+                if jpeg is None:
+                    continue
+                data, sent = jpeg
+                head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
+                self.wfile.write(head.encode() + data + b"\r\n")
+                self.wfile.flush()
+        finally:
+            with sink._cond:
+                sink._viewers -= 1

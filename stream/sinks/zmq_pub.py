@@ -1,0 +1,322 @@
+"""``zmq-pub://HOST:PORT?...``: publish every mask as data (docs/PROTOCOL.md).
+
+Three sockets, one per delivery need:
+  * PUB on PORT, lossy: a small send HWM, so a slow subscriber loses messages (it sees seq gaps)
+    and never slows the pipeline;
+  * REP on PORT+1 (``classes=``): returns the class table, so late joiners need no restart;
+  * ROUTER on PORT+2 (``lossless=``, ``off`` disables): recorders grant credit; the publisher waits
+    for credit (backpressure), so nothing is dropped for them.
+
+Options: encoding=raw|png|rle, confidence=raw|png, overlay=1 (JPEG part), jpeg_quality=80, hwm=4,
+wait_recorders=N (open() waits for N recorders, so a file run reaches them from its first frame),
+lossless_timeout=S (a recorder silent this long is dropped), curve_secret=FILE, allow=DIR.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+from stream.messages import (
+    CONFIDENCE_ENCODINGS,
+    MASK_ENCODINGS,
+    Endpoints,
+    encode_classes_reply,
+    encode_end_message,
+    encode_mask_message,
+    parse_endpoint,
+)
+from stream.sinks.base import Result, Sink, SinkError, StreamInfo
+
+_KNOWN = {
+    "encoding",
+    "confidence",
+    "overlay",
+    "jpeg_quality",
+    "hwm",
+    "wait_recorders",
+    "lossless_timeout",
+    "curve_secret",
+    "allow",
+    "stream",
+}
+
+
+@dataclass
+class _Recorder:
+    credit: int
+    last_seen: float
+
+
+class ZmqPubSink(Sink):
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+        self.ep: Endpoints = parse_endpoint(spec)
+        opts = self.ep.options
+        unknown = set(opts) - _KNOWN
+        if unknown:
+            raise SinkError(f"{spec}: unknown option(s) {sorted(unknown)} (known: {sorted(_KNOWN)})")
+        self.encoding = opts.get("encoding", "raw")
+        if self.encoding not in MASK_ENCODINGS:
+            raise SinkError(f"{spec}: encoding={self.encoding} (expected one of {MASK_ENCODINGS})")
+        self.confidence = opts.get("confidence") or None
+        if self.confidence is not None and self.confidence not in CONFIDENCE_ENCODINGS:
+            raise SinkError(f"{spec}: confidence={self.confidence} (expected one of {CONFIDENCE_ENCODINGS})")
+        try:
+            self.overlay = opts.get("overlay", "0").lower() in ("1", "true", "yes", "jpeg")
+            self.jpeg_quality = int(opts.get("jpeg_quality", 80))
+            self.hwm = int(opts.get("hwm", 4))
+            self.wait_recorders = int(opts.get("wait_recorders", 0))
+            self.lossless_timeout = float(opts.get("lossless_timeout", 10.0))
+        except ValueError as e:
+            raise SinkError(f"{spec}: bad numeric option ({e})") from None
+        if self.wait_recorders and self.ep.lossless_port is None:
+            raise SinkError(f"{spec}: wait_recorders needs the lossless endpoint (lossless=off given)")
+        self.curve_secret = opts.get("curve_secret")
+        self.allow = opts.get("allow")
+        if bool(self.curve_secret) != bool(self.allow):
+            raise SinkError(
+                f"{spec}: CURVE needs both curve_secret=SERVER.key_secret and allow=DIR_OF_CLIENT_KEYS"
+            )
+        self.stream_override = opts.get("stream")
+        self.wants_overlay = self.overlay
+        self.stats = {
+            "published": 0,
+            "lossless_sent": 0,
+            "recorders": 0,
+            "recorders_dropped": 0,
+            "lossless_wait_s": 0.0,
+            "classes_requests": 0,
+        }
+        self._ctx = None
+        self._auth = None
+        self._pub = self._router = None
+        self._rep_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._recorders: dict[bytes, _Recorder] = {}
+        self._last_seq = -1
+
+    # ------------------------------------------------------------------------------------ open
+    def open(self, info: StreamInfo) -> None:
+        import zmq
+
+        self.info = info
+        self.stream = self.stream_override or info.stream_id
+        self.classes = info.classes
+        self._ctx = zmq.Context()
+        try:
+            if self.curve_secret:
+                self._start_curve()
+            elif self.ep.all_interfaces:
+                print(
+                    f"segstream: WARNING: {self.spec} binds all interfaces without encryption; anyone on the "
+                    "network can read the masks (add curve_secret=...&allow=... or bind 127.0.0.1)",
+                    file=sys.stderr,
+                )
+            # options before bind: a listener copies them for every connection it accepts later
+            # small queue + small kernel buffer bound how far a slow lossy subscriber lags behind
+            self._pub = self._bind(zmq.PUB, self.ep.port, {zmq.SNDHWM: self.hwm, zmq.SNDBUF: 1 << 20})
+            rep = self._bind(zmq.REP, self.ep.classes_port, {})
+            if self.ep.lossless_port is not None:
+                # credit bounds the recorders' queues, not the HWM (which would drop for ROUTER)
+                self._router = self._bind(
+                    zmq.ROUTER, self.ep.lossless_port, {zmq.ROUTER_MANDATORY: 1, zmq.SNDHWM: 0}
+                )
+        except BaseException:
+            self.close()
+            raise
+        self._reply = encode_classes_reply(self.stream, self.classes)
+        self._rep_thread = threading.Thread(
+            target=self._serve_classes, args=(rep,), daemon=True, name="segstream-classes"
+        )
+        self._rep_thread.start()
+        if self.wait_recorders:
+            self._await_recorders(self.wait_recorders)
+
+    def _start_curve(self) -> None:
+        from zmq.auth.thread import ThreadAuthenticator
+
+        from stream.keys import check_public_dir, load_secret
+
+        self._server_public, self._server_secret = load_secret(self.curve_secret)
+        allow = check_public_dir(self.allow)
+        self._auth = ThreadAuthenticator(self._ctx)
+        self._auth.start()
+        self._auth.configure_curve(domain="*", location=str(allow))
+
+    def _bind(self, kind: int, port: int, options: dict[int, int]):
+        import zmq
+
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        for opt, value in options.items():
+            sock.setsockopt(opt, value)
+        if self._auth is not None:
+            sock.curve_secretkey = self._server_secret
+            sock.curve_publickey = self._server_public
+            sock.curve_server = True
+        addr = self.ep.tcp(port, bind=True)
+        try:
+            sock.bind(addr)
+        except zmq.ZMQError as e:
+            sock.close(0)
+            raise SinkError(f"{self.spec}: cannot bind {addr}: {e.strerror}") from None
+        return sock
+
+    def _serve_classes(self, rep) -> None:
+        import zmq
+
+        try:
+            while not self._stop.is_set():
+                if rep.poll(100, zmq.POLLIN):
+                    rep.recv_multipart()  # any request gets the table; the request is only a knock
+                    rep.send(self._reply)
+                    self.stats["classes_requests"] += 1
+        except zmq.ZMQError:
+            pass  # context terminated during close
+        finally:
+            rep.close(0)
+
+    # -------------------------------------------------------------------------------- lossless
+    def _pump(self, timeout_ms: int) -> None:
+        """Read recorder credit/bye messages; waits at most ``timeout_ms`` for the first one."""
+        import zmq
+
+        while self._router.poll(timeout_ms, zmq.POLLIN):
+            timeout_ms = 0
+            frames = self._router.recv_multipart()
+            ident, cmd = frames[0], frames[1] if len(frames) > 1 else b""
+            now = time.monotonic()
+            if cmd == b"credit" and len(frames) == 3:
+                try:
+                    n = max(0, int(frames[2]))
+                except ValueError:
+                    continue
+                rec = self._recorders.get(ident)
+                if rec is None:
+                    self._recorders[ident] = rec = _Recorder(0, now)
+                    self.stats["recorders"] += 1
+                rec.credit += n
+                rec.last_seen = now
+            elif cmd == b"bye" and self._recorders.pop(ident, None) is not None:
+                self.stats["recorders"] -= 1
+
+    def _await_recorders(self, n: int) -> None:
+        # bounded by lossless_timeout (10 s): longer would look like a stalled stage to the supervisor
+        deadline = time.monotonic() + self.lossless_timeout
+        while len(self._recorders) < n:
+            if time.monotonic() > deadline:
+                self.close()
+                raise SinkError(
+                    f"{self.spec}: only {len(self._recorders)} of wait_recorders={n} recorders "
+                    f"connected to {self.ep.tcp(self.ep.lossless_port)}"
+                )
+            self._pump(100)
+
+    def _drop(self, ident: bytes, why: str) -> None:
+        if self._recorders.pop(ident, None) is not None:
+            self.stats["recorders"] -= 1
+            self.stats["recorders_dropped"] += 1
+            print(f"segstream: recorder {ident.hex()} dropped from {self.spec}: {why}", file=sys.stderr)
+
+    def _send_lossless(self, frames: list) -> None:
+        import zmq
+
+        self._pump(0)
+        for ident in list(self._recorders):
+            rec = self._recorders[ident]
+            if rec.credit <= 0:
+                t0 = time.monotonic()
+                while rec.credit <= 0 and ident in self._recorders:
+                    if time.monotonic() - rec.last_seen > self.lossless_timeout:
+                        self._drop(ident, f"no credit for {self.lossless_timeout:g} s")
+                        break
+                    self._pump(50)
+                self.stats["lossless_wait_s"] += time.monotonic() - t0
+                if ident not in self._recorders:
+                    continue
+            try:
+                self._router.send_multipart([ident, *frames], copy=False)
+            except zmq.ZMQError as e:  # EHOSTUNREACH: the recorder vanished without 'bye'
+                self._drop(ident, e.strerror)
+                continue
+            rec.credit -= 1
+            self.stats["lossless_sent"] += 1
+
+    # ----------------------------------------------------------------------------------- write
+    def write(self, result: Result) -> None:
+        import zmq
+
+        if self._pub is None:
+            raise SinkError(f"{self.spec}: write() before open()")
+        overlay_jpeg = None
+        if self.overlay and result.overlay is not None:
+            import cv2
+
+            ok, buf = cv2.imencode(".jpg", result.overlay, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+            overlay_jpeg = buf.tobytes() if ok else None
+        mask = result.mask
+        # copy: the stage may reuse the mask's buffer (shared-memory slot) once write() returns
+        frames = encode_mask_message(
+            stream=self.stream,
+            seq=result.seq,
+            frame_index=result.frame_index,
+            mask=mask,
+            classes=self.classes,
+            timestamps=result.timestamps,
+            drops=result.drops,
+            encoding=self.encoding,
+            confidence=result.confidence if self.confidence else None,
+            confidence_encoding=self.confidence or "raw",
+            overlay_jpeg=overlay_jpeg,
+        )
+        frames = [bytes(f) if isinstance(f, memoryview) else f for f in frames]
+        try:
+            self._pub.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass  # PUB drops at the HWM itself; Again only on exotic transports
+        self.stats["published"] += 1
+        self._last_seq = result.seq
+        if self._router is not None:
+            self._send_lossless(frames)
+
+    # ----------------------------------------------------------------------------------- close
+    def close(self) -> None:
+        if self._ctx is None:
+            return
+        import zmq
+
+        try:
+            if self._pub is not None:
+                end = encode_end_message(self.stream, self._last_seq, self.stats["published"])
+                self._pub.send_multipart(end, flags=zmq.NOBLOCK)
+                if self._router is not None:
+                    self._pump(0)
+                    for ident in list(self._recorders):
+                        try:
+                            self._router.send_multipart([ident, *end])
+                        except zmq.ZMQError:
+                            pass
+                    # let queued lossless messages reach the recorders before the socket goes
+                    self._router.setsockopt(zmq.LINGER, int(self.lossless_timeout * 1000))
+                self._pub.setsockopt(zmq.LINGER, 200)
+        finally:
+            self._stop.set()
+            if self._rep_thread is not None:
+                self._rep_thread.join(2)
+            for s in (self._pub, self._router):
+                if s is not None:
+                    s.close()
+            self._pub = self._router = None
+            if self._auth is not None:
+                self._auth.stop()
+                self._auth = None
+            self._ctx.term()
+            self._ctx = None
+
+    # ------------------------------------------------------------------------------- helpers
+    @property
+    def endpoints(self) -> Endpoints:
+        return self.ep

@@ -1,0 +1,1 @@
+"""Pipeline stages, one OS process each: capture, preprocess, infer, overlay/publish."""

@@ -1,0 +1,216 @@
+"""What every stage process shares: control sockets, heartbeats, parent watch, shutdown.
+
+A stage is one OS process started by the supervisor (``python -m stream worker STAGE --config ...``)
+or by hand on another host (``segstream worker infer --in ... --out ...``). It
+
+- sends a heartbeat with its metrics snapshot every ``heartbeat_s`` (data flowing does not replace
+  it: the supervisor watches these),
+- obeys commands from the supervisor (``stop``, ``drain``, ``replay``),
+- dies with its parent: PR_SET_PDEATHSIG on Linux plus a parent-pid check in the loop; when the
+  parent is gone it unlinks the shared-memory ring it knows (the supervisor can no longer do it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from engines.errors import SegstreamError
+from stream.metrics import StageMetrics
+
+PR_SET_PDEATHSIG = 1
+
+
+@dataclass
+class StageContext:
+    """Everything a stage needs from the supervisor (JSON-serializable)."""
+
+    stage: str  # capture | preprocess | infer | overlay
+    name: str  # instance name, e.g. infer-1
+    config: dict[str, Any]  # PipelineConfig as dict
+    endpoints: dict[str, str] = field(default_factory=dict)  # role -> endpoint string
+    ring: dict[str, Any] | None = None  # {"name": ..., "layout": {...}} or None (no shm)
+    model: dict[str, Any] | None = None  # {"meta": json, "wants_uint8": bool, "max_batch": int}
+    parent_pid: int | None = None
+    seq_start: int = 0  # capture: first seq (a restarted live capture continues past the old ones)
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> StageContext:
+        return cls(**json.loads(text))
+
+
+def die_with_parent(parent_pid: int | None) -> None:
+    """Ask the kernel to SIGTERM us when the parent exits (Linux); elsewhere the loop polls."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+    if parent_pid is not None and os.getppid() != parent_pid:  # parent died before prctl took effect
+        raise SystemExit(143)
+
+
+class Stage:
+    """Base loop helper; subclasses implement ``setup``, ``step`` and ``teardown``."""
+
+    stage = "?"
+
+    def __init__(self, ctx: StageContext) -> None:
+        import zmq
+
+        from stream.config import PipelineConfig
+
+        self.ctx = ctx
+        self.cfg = PipelineConfig.from_dict(ctx.config)
+        self.metrics = StageMetrics(ctx.name)
+        self.zctx = zmq.Context.instance()
+        self.ctl_up = None
+        self.ctl_down = None
+        self.stopping = False
+        self.draining = False
+        self._last_hb = 0.0
+        self.ring = None
+        self.parent_pid = ctx.parent_pid
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def connect_control(self) -> None:
+        from stream.transport import CONTROL_HWM, open_socket
+
+        if "ctl_up" in self.ctx.endpoints:
+            self.ctl_up = open_socket(self.zctx, self.ctx.endpoints["ctl_up"], hwm=CONTROL_HWM)
+        if "ctl_down" in self.ctx.endpoints:
+            self.ctl_down = open_socket(self.zctx, self.ctx.endpoints["ctl_down"], hwm=CONTROL_HWM)
+
+    def attach_ring(self) -> None:
+        if self.ctx.ring:
+            from stream.shm import FrameRing, RingLayout
+
+            self.ring = FrameRing.attach(self.ctx.ring["name"], RingLayout(**self.ctx.ring["layout"]))
+
+    def report(self, kind: str, **data: Any) -> None:
+        if self.ctl_up is None:
+            return
+        import zmq
+
+        msg = {"stage": self.ctx.name, "type": kind, "pid": os.getpid(), "t": time.time(), **data}
+        try:
+            self.ctl_up.send(json.dumps(msg).encode(), zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def heartbeat(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last_hb >= self.cfg.heartbeat_s:
+            self._last_hb = now
+            self.check_parent()
+            self.report("hb", metrics=self.metrics.snapshot(), extra=self.heartbeat_extra())
+
+    def heartbeat_extra(self) -> dict[str, Any]:
+        return {}
+
+    def check_parent(self) -> None:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self.orphaned()
+
+    def orphaned(self) -> None:
+        """Parent gone: nobody else will clean up, so unlink the ring, finalize what we hold
+        (the overlay's sinks: an mp4 stays playable), remove the run directory, and leave."""
+        if self.ctx.ring:
+            from stream.shm import unlink
+
+            unlink(self.ctx.ring["name"])
+        try:
+            self.teardown()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+        if self.cfg.run_dir:
+            import shutil
+
+            shutil.rmtree(self.cfg.run_dir, ignore_errors=True)
+        os._exit(3)
+
+    def poll_control(self) -> list[dict[str, Any]]:
+        if self.ctl_down is None:
+            return []
+        import zmq
+
+        cmds = []
+        while True:
+            try:
+                raw = self.ctl_down.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                cmd = json.loads(raw)
+            except ValueError:
+                continue
+            target = cmd.get("to")
+            if target in (None, self.ctx.stage, self.ctx.name):
+                cmds.append(cmd)
+        for cmd in cmds:
+            if cmd.get("cmd") == "stop":
+                self.stopping = True
+            elif cmd.get("cmd") == "drain":
+                self.draining = True
+            self.on_command(cmd)
+        return cmds
+
+    def on_command(self, cmd: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        pass
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def setup(self) -> None:  # noqa: B027
+        pass
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def teardown(self) -> None:  # noqa: B027
+        pass
+
+    def main(self) -> int:
+        def on_term(signum, frame):
+            if self.parent_pid is not None and os.getppid() != self.parent_pid:
+                self.orphaned()
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGTERM, on_term)
+        if self.parent_pid is not None:
+            # Ctrl-C in a terminal reaches the whole process group; the supervisor orchestrates the
+            # drain, so stages ignore SIGINT rather than dying mid-frame.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        die_with_parent(self.parent_pid)
+        code = 0
+        try:
+            self.connect_control()
+            self.attach_ring()
+            self.setup()
+            self.heartbeat(force=True)
+            while not self.stopping:
+                self.step()
+                self.poll_control()
+                self.heartbeat()
+        except SegstreamError as e:  # the user's to fix: the supervisor prints it as one line
+            self.report("fatal", message=str(e))
+            raise
+        finally:
+            try:
+                self.teardown()
+            finally:
+                self.report("exit", metrics=self.metrics.snapshot(), extra=self.heartbeat_extra())
+                if self.ring is not None:
+                    self.ring.close()
+                if self.ctl_up is not None:
+                    self.ctl_up.close(linger=500)  # let the exit/fatal report reach the supervisor
+                self.zctx.destroy(linger=0)
+        return code

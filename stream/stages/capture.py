@@ -1,0 +1,221 @@
+"""capture: read the Source, write each frame once into a ring slot, send its header downstream.
+
+Credits: a frame takes a free slot and its seq holds it until the overlay stage acknowledges that
+seq (ack socket). Files wait for a slot (backpressure, never a drop); live sources keep reading and
+count a frame as dropped when no slot is free (newest wins, latency stays bounded by the ring).
+
+After an infer/preprocess restart the supervisor sends ``replay``: every unacknowledged frame (its
+pixels are still in its slot) is sent again, and so is EOS; the overlay stage discards duplicates.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from stream import headers as H
+from stream.stages.base import Stage
+
+
+class CaptureStage(Stage):
+    stage = "capture"
+
+    def setup(self) -> None:
+        import zmq
+
+        from stream.shm import SlotLedger
+        from stream.sources.base import SourceError
+        from stream.transport import open_socket
+        from stream.uri import open_source
+
+        self.source = open_source(self.cfg.source)
+        try:
+            self.info = self.source.open()
+        except SourceError as e:
+            self.report("fatal", message=str(e))
+            raise
+        self.live = self.info.live if self.cfg.live is None else self.cfg.live
+        self.out = open_socket(self.zctx, self.ctx.endpoints["out"])
+        self.acks = open_socket(self.zctx, self.ctx.endpoints["acks"])
+        self.poller = zmq.Poller()
+        self.poller.register(self.acks, zmq.POLLIN)
+        if self.ctl_down is not None:
+            self.poller.register(self.ctl_down, zmq.POLLIN)
+        self.ledger = SlotLedger(self.ring.layout.slots) if self.ring else None
+        self.inline_budget = self.cfg.slots  # frames in flight when there is no ring
+        self.inline_out: dict[int, list[bytes]] = {}
+        self.seq = self.ctx.seq_start
+        self.eos_sent = False
+        self.pending: list[list] = []  # messages the socket would not take yet (peer restarting)
+        self.src_info = {
+            "w": self.info.width,
+            "h": self.info.height,
+            "fps": self.info.fps,
+            "live": self.live,
+            "total": self._total(),
+            "uri": self.info.uri,
+        }
+        self.zmq = zmq
+        # frames wait until every stage is up (model loaded): start-up is not latency, and a live
+        # source would only drop frames meanwhile. Standalone (no supervisor): go at once.
+        self.go = self.ctl_down is None
+
+    def _total(self) -> int | None:
+        t = self.info.total_frames
+        if self.cfg.max_frames is not None:
+            t = self.cfg.max_frames if t is None else min(t, self.cfg.max_frames)
+        return t
+
+    def heartbeat_extra(self):
+        if not hasattr(self, "src_info"):
+            return {}
+        st = self.source.stats
+        return {
+            "source": self.src_info,
+            "sent": self.seq,
+            "eos": self.eos_sent,
+            "decode_errors": st.decode_errors,
+            "reconnects": st.reconnects,
+        }
+
+    # -- credits --------------------------------------------------------------------------------
+    def drain_acks(self) -> None:
+        while True:
+            try:
+                raw = self.acks.recv(self.zmq.NOBLOCK)
+            except self.zmq.Again:
+                return
+            for s in raw.split(b","):
+                if s:
+                    seq = int(s)
+                    if self.ledger is not None:
+                        self.ledger.ack(seq)
+                    else:
+                        self.inline_out.pop(seq, None)
+
+    def reclaim_stale(self) -> None:
+        """Live only: a credit unacknowledged for long belongs to a frame that died with a stage
+        (the overlay skips such gaps); take the slot back so the ring cannot run dry."""
+        if self.ledger is None or not self.live:
+            return
+        limit = max(2.0, 4 * self.cfg.reorder_timeout_s)
+        now = time.monotonic()
+        for seq, (_slot, sent_at, _hdr) in list(self.ledger.out.items()):
+            if now - sent_at > limit:
+                self.ledger.ack(seq)
+                self.metrics.extra["reclaimed"] = self.metrics.extra.get("reclaimed", 0) + 1
+
+    def in_flight(self) -> int:
+        return self.ledger.in_flight if self.ledger is not None else len(self.inline_out)
+
+    def send(self, frames: list) -> None:
+        self.pending.append(frames)
+        self.flush()
+
+    def flush(self) -> None:
+        while self.pending:
+            try:
+                self.out.send_multipart(self.pending[0], self.zmq.NOBLOCK, copy=False)
+            except self.zmq.Again:
+                return
+            self.pending.pop(0)
+
+    def on_command(self, cmd) -> None:
+        if cmd.get("cmd") == "go":
+            self.go = True
+        if cmd.get("cmd") == "replay" and not self.live:
+            self.replay()
+
+    def replay(self) -> None:
+        self.pending.clear()
+        if self.ledger is not None:
+            for _seq, header in self.ledger.unacked():
+                self.pending.append([header])
+        else:
+            for _seq, msg in sorted(self.inline_out.items()):
+                self.pending.append(msg)
+        if self.eos_sent:
+            self.pending.append(
+                H.encode(H.FrameHeader(kind=H.EOS, seq=self.seq, ts={"capture": time.time()}))
+            )
+        self.metrics.extra["replays"] = self.metrics.extra.get("replays", 0) + 1
+        self.flush()
+
+    # -- main loop ------------------------------------------------------------------------------
+    def wait(self, timeout_s: float) -> None:
+        self.poller.poll(int(timeout_s * 1000))
+
+    def finish(self) -> None:
+        hdr = H.FrameHeader(kind=H.EOS, seq=self.seq, ts={"capture": time.time()})
+        hdr.extra["src"] = self.src_info
+        self.send(H.encode(hdr))
+        self.eos_sent = True
+        self.source.close()
+
+    def step(self) -> None:
+        self.drain_acks()
+        self.reclaim_stale()
+        self.flush()
+        self.metrics.queue_depth = self.in_flight()
+        if self.eos_sent:
+            self.wait(self.cfg.heartbeat_s)
+            return
+        if self.draining or (self.cfg.max_frames is not None and self.seq >= self.cfg.max_frames):
+            self.finish()
+            return
+        if not self.go:
+            self.wait(0.02)
+            return
+        has_credit = self.in_flight() < (self.ring.layout.slots if self.ring else self.inline_budget)
+        if not has_credit and not self.live:
+            self.wait(self.cfg.heartbeat_s)  # backpressure: wait for an ack
+            return
+        from stream.sources.base import ReadStatus
+
+        frame = self.source.read(timeout=self.cfg.heartbeat_s)
+        if frame.status is ReadStatus.TIMEOUT:
+            return
+        if frame.status is ReadStatus.ERROR:
+            self.metrics.drop("decode_error")
+            return
+        if frame.status is ReadStatus.EOS:
+            self.finish()
+            return
+        self.metrics.frames_in += 1
+        if self.source.stats.dropped:  # the source's own newest-wins drops
+            self.metrics.drops["source"] = self.source.stats.dropped
+        self.drain_acks()
+        has_credit = self.in_flight() < (self.ring.layout.slots if self.ring else self.inline_budget)
+        if not has_credit:  # live only: the pipeline is full, this frame loses
+            self.metrics.drop("capture_busy")
+            return
+        with self.metrics.busy():
+            self.emit(frame.image, frame.index, frame.timestamp or time.time())
+
+    def emit(self, image: np.ndarray, index: int, t_capture: float) -> None:
+        hdr = H.FrameHeader(seq=self.seq, index=index, shape=tuple(image.shape), dtype=str(image.dtype))
+        hdr.ts["source"] = t_capture
+        hdr.extra["src"] = self.src_info
+        hdr.drops = dict(self.metrics.drops)
+        slot = self.ledger.take() if self.ledger is not None else None
+        if slot is not None and self.ring.fits("frame", image.nbytes):
+            self.ring.write(slot, "frame", np.ascontiguousarray(image))
+            hdr.slot = slot
+            hdr.stamp("capture")
+            msg = H.encode(hdr)
+            self.ledger.sent(self.seq, slot, bytes(msg[0]))
+        else:
+            if slot is not None:  # frame larger than the ring's slots (size change): send inline
+                self.ledger.give_back(slot)
+            hdr.stamp("capture")
+            msg = H.encode(hdr, {"frame": image})
+            if self.ledger is None:  # keep the whole message: a replay needs the pixels too
+                self.inline_out[self.seq] = [bytes(m) for m in msg]
+        self.send(msg)
+        self.seq += 1
+        self.metrics.frames_out += 1
+
+    def teardown(self) -> None:
+        if hasattr(self, "source"):
+            self.source.close()

@@ -1,0 +1,127 @@
+"""infer: batch what is ready (up to the model's max batch, never waiting past a small deadline),
+run the runtime, emit one message per frame with its class-id mask (model size, uint8) inline.
+
+Inputs come from the ring slot named in the header (same host) or inline (tcp, another host).
+Several infer workers may pull from one preprocess PUSH socket: ZeroMQ load-balances them, and
+the overlay stage puts frames back in seq order.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from stream import headers as H
+from stream.stages.base import Stage
+
+
+class InferStage(Stage):
+    stage = "infer"
+
+    def setup(self) -> None:
+        import zmq
+
+        from engines.runtime import backend_for, load
+        from stream.transport import open_socket
+
+        # ONNX Runtime threads that spin steal the cores the other stages need (FACTS.md)
+        opts = {"spin": False} if backend_for(self.cfg.model) == "onnxruntime" else {}
+        self.runtime = load(self.cfg.model, device=self.cfg.device, threads=self.cfg.threads, **opts)
+        self.max_batch = max(1, min(self.cfg.batch or self.runtime.max_batch, self.runtime.max_batch))
+        self.inp = open_socket(self.zctx, self.ctx.endpoints["in"])
+        self.out = open_socket(self.zctx, self.ctx.endpoints["out"])
+        self.poller = zmq.Poller()
+        self.poller.register(self.inp, zmq.POLLIN)
+        self.zmq = zmq
+        self.batches = 0
+        self.report(
+            "ready", backend=self.runtime.backend, device=self.runtime.device, max_batch=self.max_batch
+        )
+
+    def warm_up(self) -> None:
+        """Run the model once per batch size we will use before saying we are ready: the first
+        calls allocate, JIT and autotune (about 2 s on CUDA), and that must not land on frames."""
+        h, w = self.runtime.input_hw()
+        blank = np.zeros((h, w, self.runtime.meta.channels), np.uint8)
+        for n in sorted({1, self.max_batch}):
+            for _ in range(2):
+                self.runtime.run(self.runtime.prepare([blank] * n))
+
+    def heartbeat_extra(self):
+        return {"batches": getattr(self, "batches", 0), "max_batch": getattr(self, "max_batch", 0)}
+
+    def _recv(self):
+        try:
+            return H.decode(self.inp.recv_multipart(self.zmq.NOBLOCK, copy=False))
+        except self.zmq.Again:
+            return None
+
+    def gather(self) -> list:
+        if not self.poller.poll(int(self.cfg.heartbeat_s * 1000)):
+            return []
+        batch = []
+        deadline = None
+        while len(batch) < self.max_batch:
+            item = self._recv()
+            if item is None:
+                if not batch or self.max_batch == 1:
+                    break
+                live = bool(batch[0][0].extra.get("src", {}).get("live"))
+                if live or self.cfg.batch_deadline_ms <= 0:
+                    break  # live: what is ready goes now; waiting only adds latency
+                if deadline is None:
+                    deadline = time.monotonic() + self.cfg.batch_deadline_ms / 1000.0
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.poller.poll(max(1, int(left * 1000))):
+                    break
+                continue
+            hdr, arrays = item
+            if hdr.kind != H.FRAME:
+                self.send(H.encode(hdr, {k: v for k, v in arrays.items() if k == "frame"}))
+                continue
+            batch.append(item)
+        return batch
+
+    def input_of(self, hdr: H.FrameHeader, arrays: dict) -> np.ndarray:
+        if "input" in arrays:
+            return arrays["input"]
+        if self.ring is None or "in" not in hdr.extra:
+            raise H.HeaderError(f"seq {hdr.seq}: no model input (no slot, nothing inline)")
+        shape, dtype = hdr.extra["in"]
+        return self.ring.view(hdr.slot, "input", tuple(shape), dtype)
+
+    def step(self) -> None:
+        batch = self.gather()
+        if not batch:
+            return
+        with self.metrics.busy():
+            self.metrics.frames_in += len(batch)
+            self.metrics.queue_depth = len(batch)
+            inputs = [self.input_of(h, a) for h, a in batch]
+            # one frame: a view of its ring slot is already a contiguous batch of 1, no copy
+            x = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
+            ids, _conf = self.runtime.run(x)
+            self.batches += 1
+            for i, (hdr, arrays) in enumerate(batch):
+                hdr.stamp("infer")
+                hdr.extra.pop("in", None)
+                parts = {"mask": ids[i]}
+                if "frame" in arrays:  # no ring: the frame rides along to the overlay stage
+                    parts["frame"] = arrays["frame"]
+                self.send(H.encode(hdr, parts))
+                self.metrics.frames_out += 1
+
+    def send(self, msg: list) -> None:
+        while not self.stopping:
+            try:
+                self.out.send_multipart(msg, self.zmq.NOBLOCK, copy=False)
+                return
+            except self.zmq.Again:
+                time.sleep(0.002)
+                self.heartbeat()
+                self.poll_control()
+
+    def teardown(self) -> None:
+        if hasattr(self, "runtime"):
+            self.runtime.close()

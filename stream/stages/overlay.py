@@ -1,0 +1,234 @@
+"""overlay / publish: restore seq order, colorize and blend, write every sink, acknowledge.
+
+Order: results from several infer workers arrive in any order; a bounded reorder buffer releases
+them by seq. A seq that stays missing is skipped and counted -- after ``reorder_timeout_s`` for live
+sources (``dropped``), after ``lost_timeout_s`` for files (``lost``: only when a frame vanished and
+no replay brought it back), so the run always completes.
+
+Every seq written or skipped is acknowledged to capture, which frees its ring slot (credits).
+Sinks are opened on the first frame (its header carries the source's size and rate) and closed
+on every exit path, so an mp4 is finalized even on stop or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from stream import headers as H
+from stream.stages.base import Stage
+
+
+def colorize_blend(frame: np.ndarray, mask: np.ndarray, lut: np.ndarray, opacity: float) -> np.ndarray:
+    """Class ids -> palette colours (cv2.LUT) blended onto the frame (cv2.addWeighted)."""
+    import cv2
+
+    color = cv2.LUT(cv2.merge([mask, mask, mask]), lut)
+    return cv2.addWeighted(frame, 1.0 - opacity, color, opacity, 0.0)
+
+
+class OverlayStage(Stage):
+    stage = "overlay"
+
+    def setup(self) -> None:
+        import zmq
+
+        from engines.meta import ModelMeta
+        from stream.transport import open_socket, parse_endpoint
+        from stream.uri import open_sink
+
+        self.meta = ModelMeta.from_json(self.ctx.model["meta"])
+        self.sinks = [open_sink(s) for s in self.cfg.sinks]  # spec errors surface before any frame
+        self.opened = False
+        self.inp = open_socket(self.zctx, self.ctx.endpoints["in"])
+        if self.ctx.endpoints.get("in_remote"):
+            self.inp.bind(parse_endpoint(self.ctx.endpoints["in_remote"], "pull", True).address)
+        self.acks = (
+            open_socket(self.zctx, self.ctx.endpoints["acks"]) if "acks" in self.ctx.endpoints else None
+        )
+        self.poller = zmq.Poller()
+        self.poller.register(self.inp, zmq.POLLIN)
+        self.zmq = zmq
+        self.buffer: dict[int, tuple[H.FrameHeader, dict]] = {}
+        self.next_seq = 0
+        self.total: int | None = None
+        self.missing_since: float | None = None
+        self.live = False
+        self.to_ack: list[int] = []
+        self.written = 0
+        self.duplicates = 0
+        self.lut = self.meta.classes.lut_bgr()
+        self.blend = self._blend_fn()
+        self.src: dict = {}
+        self.done = False
+
+    def _blend_fn(self):
+        try:  # the shared overlay renderer (palette, legend); a plain LUT blend is the fallback
+            from stream.overlay import Overlay
+
+            ov = Overlay(self.meta.classes, opacity=self.cfg.opacity, legend=self.cfg.legend)
+            return ov.render
+        except ImportError:
+            return lambda frame, mask: colorize_blend(frame, mask, self.lut, self.cfg.opacity)
+
+    def heartbeat_extra(self):
+        return {
+            "written": getattr(self, "written", 0),
+            "next_seq": getattr(self, "next_seq", 0),
+            "total": getattr(self, "total", None),
+            "duplicates": getattr(self, "duplicates", 0),
+        }
+
+    def open_sinks(self, hdr: H.FrameHeader) -> None:
+        from stream.sinks.base import StreamInfo
+
+        src = hdr.extra.get("src", {})
+        h, w = hdr.shape[:2] if hdr.shape else (src.get("h", 0), src.get("w", 0))
+        info = StreamInfo(
+            stream_id=hdr.stream,
+            width=int(w),
+            height=int(h),
+            fps=float(src.get("fps") or 0.0),
+            classes=self.meta.classes,
+            live=bool(src.get("live")),
+            total_frames=src.get("total"),
+        )
+        for s in self.sinks:
+            try:
+                s.open(info)
+            except Exception as e:
+                self.report("fatal", message=str(e))
+                raise
+        self.opened = True
+
+    def receive(self) -> None:
+        if not self.poller.poll(int(min(self.cfg.heartbeat_s, 0.05) * 1000)):
+            return
+        while True:
+            try:
+                frames = self.inp.recv_multipart(self.zmq.NOBLOCK, copy=False)
+            except self.zmq.Again:
+                return
+            hdr, arrays = H.decode(frames)
+            if hdr.extra.get("src"):
+                self.src = hdr.extra["src"]
+                self.live = bool(self.src.get("live"))
+            if hdr.kind == H.EOS:
+                self.total = hdr.seq
+                continue
+            if hdr.kind != H.FRAME:
+                continue
+            if self.live and self.written == 0 and not self.buffer and self.next_seq == 0:
+                self.next_seq = hdr.seq  # a restarted overlay on a live stream joins where it is
+            if hdr.seq < self.next_seq or hdr.seq in self.buffer:
+                self.duplicates += 1  # a replayed frame that had made it after all
+                continue
+            self.metrics.frames_in += 1
+            self.buffer[hdr.seq] = (hdr, arrays)
+
+    def step(self) -> None:
+        self.receive()
+        while True:
+            if self.next_seq in self.buffer:
+                self.missing_since = None
+                hdr, arrays = self.buffer.pop(self.next_seq)
+                with self.metrics.busy():
+                    self.write(hdr, arrays)
+                self.advance()
+                continue
+            if self.total is not None and self.next_seq >= self.total:
+                break
+            if not self.buffer and self.total is None:
+                break  # nothing later is known yet: just wait
+            if not self.skip_if_stale():
+                break
+        self.metrics.queue_depth = len(self.buffer)
+        self.flush_acks()
+        if self.total is not None and self.next_seq >= self.total and not self.done:
+            self.finish()
+
+    def skip_if_stale(self) -> bool:
+        """next_seq is missing while later frames (or EOS) are known; skip the gap once it is stale."""
+        now = time.monotonic()
+        if self.missing_since is None:
+            self.missing_since = now
+            return False
+        limit = self.cfg.reorder_timeout_s if self.live else self.cfg.lost_timeout_s
+        over_capacity = self.live and len(self.buffer) >= max(self.cfg.slots, 2)
+        if now - self.missing_since < limit and not over_capacity:
+            return False
+        end = min(self.buffer) if self.buffer else self.total
+        n = end - self.next_seq
+        self.metrics.drop("reorder_timeout" if self.live else "lost", n)
+        self.to_ack.extend(range(self.next_seq, end))
+        self.next_seq = end
+        self.missing_since = None
+        return True
+
+    def advance(self) -> None:
+        self.next_seq += 1
+
+    def write(self, hdr: H.FrameHeader, arrays: dict) -> None:
+        from engines.runtime.preprocess import resize_to
+        from stream.sinks.base import Result
+        from stream.stages.preprocess import frame_of
+
+        if not self.opened:
+            self.open_sinks(hdr)
+        # a copy: once acknowledged the slot is reused, and a sink may keep the frame (live view)
+        frame = np.array(frame_of(self.ring, hdr, arrays))
+        mask = resize_to(np.asarray(arrays["mask"]), frame.shape[:2], nearest=True)
+        overlay = self.blend(frame, mask) if any(s.wants_overlay for s in self.sinks) else None
+        hdr.stamp("overlay")
+        result = Result(
+            seq=hdr.seq,
+            frame_index=hdr.index,
+            frame=frame,
+            mask=mask,
+            overlay=overlay,
+            timestamps=dict(hdr.ts),
+            drops={**hdr.drops, **self.metrics.drops},
+        )
+        for s in self.sinks:
+            s.write(result)
+        t_out = time.time()
+        self.metrics.latency.add(t_out - hdr.ts.get("source", hdr.ts.get("capture", t_out)))
+        self.to_ack.append(hdr.seq)
+        self.written += 1
+        self.metrics.frames_out += 1
+
+    def flush_acks(self) -> None:
+        if self.to_ack and self.acks is not None:
+            try:
+                self.acks.send(b",".join(str(s).encode() for s in self.to_ack), self.zmq.NOBLOCK)
+                self.to_ack.clear()
+            except self.zmq.Again:
+                pass
+
+    def close_sinks(self) -> None:
+        errors = []
+        for s in getattr(self, "sinks", []):
+            try:
+                s.close()
+            except Exception as e:  # noqa: BLE001 - close every sink, report the first failure
+                errors.append(str(e))
+        self.sinks = []
+        if errors:
+            self.report("fatal", message=errors[0])
+
+    def finish(self) -> None:
+        self.done = True
+        self.close_sinks()
+        self.report(
+            "done",
+            written=self.written,
+            total=self.total,
+            metrics=self.metrics.snapshot(),
+            extra=self.heartbeat_extra(),
+        )
+        self.stopping = True
+
+    def teardown(self) -> None:
+        self.flush_acks()
+        self.close_sinks()

@@ -1,0 +1,86 @@
+"""preprocess: frame in its ring slot -> model input (resize, normalize, layout).
+
+The input goes into the same slot's input region (same host) or inline in the message when an
+infer worker may be on another host (tcp) or there is no ring. Runtimes that normalize on their own
+device (``wants_uint8``) get resized uint8 frames, four times fewer bytes than float32.
+"""
+
+from __future__ import annotations
+
+import time
+
+from stream import headers as H
+from stream.stages.base import Stage
+
+
+def frame_of(ring, hdr: H.FrameHeader, arrays: dict):
+    """The frame a header refers to: its ring slot (no copy) or the inline part."""
+    if "frame" in arrays:
+        return arrays["frame"]
+    if ring is None or hdr.slot < 0:
+        raise H.HeaderError(f"seq {hdr.seq}: no frame (no slot, nothing inline)")
+    return ring.view(hdr.slot, "frame", hdr.shape, hdr.dtype)
+
+
+class PreprocessStage(Stage):
+    stage = "preprocess"
+
+    def setup(self) -> None:
+        import zmq
+
+        from engines.meta import ModelMeta
+        from stream.transport import open_socket, parse_endpoint
+
+        self.meta = ModelMeta.from_json(self.ctx.model["meta"])
+        self.uint8 = bool(self.ctx.model.get("wants_uint8", False))
+        self.inp = open_socket(self.zctx, self.ctx.endpoints["in"])
+        self.out = open_socket(self.zctx, self.ctx.endpoints["out"])
+        if self.ctx.endpoints.get("out_remote"):  # tcp workers share the same PUSH (load-balanced)
+            self.out.bind(parse_endpoint(self.ctx.endpoints["out_remote"], "push", True).address)
+        self.inline = bool(self.cfg.remote_infer) or self.ring is None
+        self.poller = zmq.Poller()
+        self.poller.register(self.inp, zmq.POLLIN)
+        self.zmq = zmq
+
+    def step(self) -> None:
+        from engines.runtime.preprocess import prepare_batch
+
+        if not self.poller.poll(int(self.cfg.heartbeat_s * 1000)):
+            return
+        while True:
+            try:
+                frames = self.inp.recv_multipart(self.zmq.NOBLOCK, copy=False)
+            except self.zmq.Again:
+                return
+            with self.metrics.busy():
+                hdr, arrays = H.decode(frames)
+                if hdr.kind != H.FRAME:
+                    self.forward(H.encode(hdr))
+                    continue
+                self.metrics.frames_in += 1
+                batch = prepare_batch([frame_of(self.ring, hdr, arrays)], self.meta, uint8=self.uint8)
+                x = batch[0]
+                hdr.stamp("preprocess")
+                # a frame that came inline is in no slot: it rides along so the overlay stage gets it
+                keep = {"frame": arrays["frame"]} if "frame" in arrays else {}
+                if not self.inline and self.ring.fits("input", x.nbytes):
+                    self.ring.write(hdr.slot, "input", x)
+                    hdr.extra["in"] = [list(x.shape), x.dtype.str]
+                    msg = H.encode(hdr, keep)
+                else:
+                    hdr.extra.pop("in", None)
+                    msg = H.encode(hdr, {**keep, "input": x})
+                self.forward(msg)
+                self.metrics.frames_out += 1
+
+    def forward(self, msg: list) -> None:
+        # blocking send: a full queue means every worker is busy, which is the backpressure we want;
+        # the poll keeps heartbeats and control alive while we wait
+        while not self.stopping:
+            try:
+                self.out.send_multipart(msg, self.zmq.NOBLOCK, copy=False)
+                return
+            except self.zmq.Again:
+                time.sleep(0.002)
+                self.heartbeat()
+                self.poll_control()

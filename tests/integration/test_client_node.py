@@ -1,0 +1,75 @@
+"""A subscriber in another language: the Node.js client (tools/clients/node, written from
+docs/PROTOCOL.md) decodes headers and raw / RLE masks from a real publisher and checks them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from stream.sinks.zmq_pub import ZmqPubSink
+
+from .mask_helpers import Feeder, free_port_block, real_samples, stream_info
+
+CLIENT = Path(__file__).resolve().parents[2] / "tools" / "clients" / "node"
+INSTALL = "npm ci --ignore-scripts --prefix tools/clients/node"
+
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("node") is None, reason="node is not installed (CI: apt-get install nodejs npm)"
+    ),
+    pytest.mark.skipif(
+        not (CLIENT / "node_modules" / "zeromq").is_dir(),
+        reason=f"the Node client's packages are not installed (run: {INSTALL})",
+    ),
+]
+
+
+@pytest.mark.parametrize("encoding", ["raw", "rle"])
+def test_node_client_decodes_and_checks_masks(camvid, encoding):
+    classes, frames, masks = real_samples(camvid)
+    port = free_port_block()
+    sink = ZmqPubSink(f"zmq-pub://127.0.0.1:{port}?encoding={encoding}&confidence=raw")
+    sink.open(stream_info(classes, frames[0]))
+    feeder = Feeder(sink, frames, masks, rate=40)
+    feeder.start()
+    try:
+        proc = subprocess.run(
+            [
+                "node",
+                str(CLIENT / "subscribe.js"),
+                f"tcp://127.0.0.1:{port}",
+                "--count",
+                "12",
+                "--timeout",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        feeder.stop()
+        sink.close()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["ok"] and summary["errors"] == []
+    assert summary["received"] == 12 and summary["seqs"] == sorted(set(summary["seqs"]))
+    assert (summary["width"], summary["height"]) == (masks[0].shape[1], masks[0].shape[0])
+    assert summary["encodings"] == [encoding]
+    assert summary["classes_digest"] == classes.digest()
+    assert summary["max_id"] == max(int(m.max()) for m in masks)  # it really read the pixels
+
+
+def test_node_client_reports_a_dead_endpoint(tmp_path):
+    port = free_port_block()
+    proc = subprocess.run(
+        ["node", str(CLIENT / "subscribe.js"), f"tcp://127.0.0.1:{port}", "--count", "1", "--timeout", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1 and "segstream node client:" in proc.stderr
