@@ -58,6 +58,12 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    def wants_confidence(self) -> bool:
+        """Whether any sink publishes the confidence map (constructing a sink opens nothing)."""
+        from stream.uri import open_sink
+
+        return any(getattr(open_sink(s), "wants_confidence", False) for s in self.sinks)
+
     def validate(self) -> PipelineConfig:
         def bad(key: str, value: Any, why: str) -> ConfigError:
             return ConfigError(f"config key '{key}' = {value!r}: {why}")

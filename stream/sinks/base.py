@@ -48,6 +48,8 @@ class Sink(ABC):
     """One output. ``wants_overlay`` tells the stage whether to colorize/blend for it."""
 
     wants_overlay: bool = True
+    #: True when the sink uses Result.confidence (the infer stage then asks the model for it)
+    wants_confidence: bool = False
 
     @abstractmethod
     def open(self, info: StreamInfo) -> None: ...

@@ -82,6 +82,7 @@ class ZmqPubSink(Sink):
             )
         self.stream_override = opts.get("stream")
         self.wants_overlay = self.overlay
+        self.wants_confidence = self.confidence is not None
         self.stats = {
             "published": 0,
             "lossless_sent": 0,

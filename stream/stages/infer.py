@@ -29,6 +29,7 @@ class InferStage(Stage):
         opts = {"spin": False} if backend_for(self.cfg.model) == "onnxruntime" else {}
         self.runtime = load(self.cfg.model, device=self.cfg.device, threads=self.cfg.threads, **opts)
         self.max_batch = max(1, min(self.cfg.batch or self.runtime.max_batch, self.runtime.max_batch))
+        self.confidence = self.cfg.wants_confidence()
         self.inp = open_socket(self.zctx, self.ctx.endpoints["in"])
         self.out = open_socket(self.zctx, self.ctx.endpoints["out"])
         self.poller = zmq.Poller()
@@ -101,12 +102,14 @@ class InferStage(Stage):
             inputs = [self.input_of(h, a) for h, a in batch]
             # one frame: a view of its ring slot is already a contiguous batch of 1, no copy
             x = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
-            ids, _conf = self.runtime.run(x)
+            ids, conf = self.runtime.run(x, confidence=self.confidence)
             self.batches += 1
             for i, (hdr, arrays) in enumerate(batch):
                 hdr.stamp("infer")
                 hdr.extra.pop("in", None)
                 parts = {"mask": ids[i]}
+                if conf is not None:
+                    parts["confidence"] = conf[i]
                 if "frame" in arrays:  # no ring: the frame rides along to the overlay stage
                     parts["frame"] = arrays["frame"]
                 self.send(H.encode(hdr, parts))

@@ -28,6 +28,39 @@ def colorize_blend(frame: np.ndarray, mask: np.ndarray, lut: np.ndarray, opacity
     return cv2.addWeighted(frame, 1.0 - opacity, color, opacity, 0.0)
 
 
+class LiveStats:
+    """Per-stage time (ms, smoothed) from the timestamps every header carries, and output fps, for live
+    views: the data path already measures itself, so no extra messages are needed."""
+
+    STAGES = ("capture", "preprocess", "infer", "overlay")
+
+    def __init__(self, alpha: float = 0.1) -> None:
+        self.alpha = alpha
+        self.ms: dict[str, float] = {}
+        self.last_out: float | None = None
+        self.fps = 0.0
+
+    def update(self, ts: dict[str, float]) -> dict:
+        now = time.time()
+        prev = ts.get("source")
+        for stage in self.STAGES:
+            t = ts.get(stage)
+            if t is None:
+                continue
+            if prev is not None:
+                d = 1000.0 * (t - prev)
+                old = self.ms.get(stage)
+                self.ms[stage] = d if old is None else old + self.alpha * (d - old)
+            prev = t
+        if self.last_out is not None and now > self.last_out:
+            inst = 1.0 / (now - self.last_out)
+            self.fps = inst if not self.fps else self.fps + self.alpha * (inst - self.fps)
+        self.last_out = now
+        stats = {s: {"ms": round(v, 2)} for s, v in self.ms.items()}
+        stats.setdefault("overlay", {})["fps"] = round(self.fps, 2)
+        return stats
+
+
 class OverlayStage(Stage):
     stage = "overlay"
 
@@ -62,6 +95,7 @@ class OverlayStage(Stage):
         self.blend = self._blend_fn()
         self.src: dict = {}
         self.done = False
+        self.live_stats = LiveStats()
 
     def _blend_fn(self):
         try:  # the shared overlay renderer (palette, legend); a plain LUT blend is the fallback
@@ -179,6 +213,9 @@ class OverlayStage(Stage):
         # a copy: once acknowledged the slot is reused, and a sink may keep the frame (live view)
         frame = np.array(frame_of(self.ring, hdr, arrays))
         mask = resize_to(np.asarray(arrays["mask"]), frame.shape[:2], nearest=True)
+        conf = arrays.get("confidence")
+        if conf is not None:
+            conf = resize_to(np.asarray(conf), frame.shape[:2], nearest=False)
         overlay = self.blend(frame, mask) if any(s.wants_overlay for s in self.sinks) else None
         hdr.stamp("overlay")
         result = Result(
@@ -187,8 +224,10 @@ class OverlayStage(Stage):
             frame=frame,
             mask=mask,
             overlay=overlay,
+            confidence=conf,
             timestamps=dict(hdr.ts),
             drops={**hdr.drops, **self.metrics.drops},
+            stats=self.live_stats.update(hdr.ts),
         )
         for s in self.sinks:
             s.write(result)

@@ -234,15 +234,18 @@ def test_segstream_run_delivers_every_mask_to_a_recorder(tmp_path, video_dir, on
     run = segstream(
         "run", str(video_dir / "vtest.avi"), "--model", str(onnx_model), "--max-frames", str(n),
         "--no-progress",
-        "--sink", f"zmq-pub://127.0.0.1:{port}?wait_recorders={1 if node is None else 2}&encoding=rle",
+        "--sink",
+        f"zmq-pub://127.0.0.1:{port}?wait_recorders={1 if node is None else 2}&encoding=rle&confidence=raw",
         "--sink", f"http://127.0.0.1:{view_port}",
     )  # fmt: skip
-    view_frames = 0
+    view_frames, view_stages = 0, {}
     deadline = time.monotonic() + 150
     while run.poll() is None and time.monotonic() < deadline:
         try:  # the live view of the same run answers while it is running
             with urllib.request.urlopen(f"http://127.0.0.1:{view_port}/stats.json", timeout=2) as r:
-                view_frames = max(view_frames, json.loads(r.read())["frames"])
+                stats = json.loads(r.read())
+                view_frames = max(view_frames, stats["frames"])
+                view_stages = stats.get("stages") or view_stages
         except OSError:
             pass
         time.sleep(0.2)
@@ -258,10 +261,14 @@ def test_segstream_run_delivers_every_mask_to_a_recorder(tmp_path, video_dir, on
         ts = h["timestamps"]
         assert ts["capture"] <= ts["infer"] <= ts["publish"]
         assert (h["width"], h["height"], h["encoding"], h["num_classes"]) == (480, 360, "rle", 11)
+        # the infer stage was asked for confidence because a sink publishes it
+        assert [p["name"] for p in h["parts"]] == ["confidence"]
     first = cv2.imread(str(tmp_path / "rec" / "00000000.png"), cv2.IMREAD_UNCHANGED)
     assert first.shape == (headers[0]["height"], headers[0]["width"]) and first.max() < 12
     assert "end of stream" in rec_err  # the recorder stopped on the publisher's end message
     assert view_frames > 0
+    # per-stage timings measured from the headers' timestamps reach the live view
+    assert {"infer", "overlay"} <= set(view_stages), view_stages
     if node is not None:
         out, _ = node.communicate(timeout=60)
         assert node.returncode == 0, out
