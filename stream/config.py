@@ -54,6 +54,7 @@ class PipelineConfig:
     remote_infer: list[str] = field(default_factory=list)  # [in endpoint, out endpoint] for tcp workers
     run_dir: str | None = None  # where ipc sockets and stage logs live (set by the supervisor)
     progress: bool = True
+    pin_cpus: bool = True  # with --threads: infer workers get cores of their own (stream.cpus)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from stream import cpus
 from stream.config import PipelineConfig
 from stream.stages.base import StageContext
 from stream.supervisor import Outcome, StageProc, Supervisor
@@ -74,9 +75,20 @@ def build(cfg: PipelineConfig, model: dict[str, Any], run_dir: Path, ring) -> li
     conf = __import__("json").loads(cfg.to_json())
     conf["run_dir"] = str(run_dir)
 
+    cores = cpus.plan(cfg.threads, cfg.workers) if cfg.pin_cpus else None
+
     def ctx(stage: str, name: str, **eps: str) -> StageContext:
+        own = None
+        if cores:
+            own = cores.get(name if name != "infer" else "infer-1") if stage == "infer" else cores["other"]
         return StageContext(
-            stage=stage, name=name, config=conf, endpoints={**ctl, **eps}, ring=ring_info, model=model
+            stage=stage,
+            name=name,
+            config=conf,
+            endpoints={**ctl, **eps},
+            ring=ring_info,
+            model=model,
+            cpus=own,
         )
 
     remote_in, remote_out = (cfg.remote_infer + [None, None])[:2] if cfg.remote_infer else (None, None)

@@ -138,6 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="inference threads (bare loop and infer stage)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument(
+        "--live-threads",
+        type=int,
+        default=None,
+        help="inference threads for the live run (default: every core, as `segstream run` does for live "
+        "sources: latency, not throughput, is what a paced source needs)",
+    )
     ap.add_argument("--live-fps", type=float, default=30.0)
     ap.add_argument("--live-frames", type=int, default=300)
     ap.add_argument("--slots", type=int, default=8)
@@ -182,7 +189,7 @@ def _main(args) -> int:
         args.model,
         live_src,
         args.live_frames,
-        args.threads,
+        args.live_threads,
         tmp / "live.mp4",
         True,
         batch=args.batch,
@@ -192,7 +199,8 @@ def _main(args) -> int:
     lat = lv["report"]["latency_ms"]
     drops = sum(lv["report"]["drops"].values())
     print(
-        f"pipeline (live {args.live_fps:g} fps) {lv['fps']:5.1f} fps   latency p50 {lat['p50']:.1f} ms  "
+        f"pipeline (live {args.live_fps:g} fps, threads {args.live_threads or 'all'}) "
+        f"{lv['fps']:5.1f} fps   latency p50 {lat['p50']:.1f} ms  "
         f"p95 {lat['p95']:.1f} ms  p99 {lat['p99']:.1f} ms  drops {drops}"
     )
     r_naive = p["fps"] / nv["fps"]

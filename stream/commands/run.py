@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from stream import cpus
+
 HELP = "segment a video stream (file, webcam, network, images, synthetic) in real time"
 DESCRIPTION = __doc__
 
@@ -35,7 +37,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-frames", type=int, default=None, metavar="N")
     p.add_argument("--batch", type=int, default=None, metavar="N", help="max inference batch")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="local infer workers")
-    p.add_argument("--threads", type=int, default=None, metavar="N", help="inference threads per worker")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="inference threads per worker (default: files half the cores, at most 4, "
+        "pinned to their own cores; live sources every core)",
+    )
     p.add_argument("--opacity", type=float, default=0.5, metavar="F")
     p.add_argument("--legend", action="store_true", help="draw the class legend")
     p.add_argument("--stats-json", default=None, metavar="PATH", help="write per-stage metrics at the end")
@@ -58,6 +67,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--stall-timeout", type=float, default=15.0, metavar="S", help="heartbeat timeout")
     p.add_argument("--no-progress", action="store_true", help="no progress bar / status line")
+    p.add_argument(
+        "--no-pin",
+        action="store_true",
+        help="with --threads, do not give infer workers processors of their own",
+    )
 
 
 def config_from_args(args: argparse.Namespace):
@@ -82,7 +96,7 @@ def config_from_args(args: argparse.Namespace):
         max_frames=args.max_frames,
         batch=args.batch,
         workers=args.workers,
-        threads=args.threads,
+        threads=cpus.default_threads(is_live(source, args.live)) if args.threads is None else args.threads,
         opacity=args.opacity,
         legend=args.legend,
         live=args.live,
@@ -92,7 +106,21 @@ def config_from_args(args: argparse.Namespace):
         remote_infer=list(args.remote_infer or []),
         stall_timeout_s=args.stall_timeout,
         progress=not args.no_progress,
+        pin_cpus=not args.no_pin,
     )
+
+
+def is_live(source: str, live_flag: bool | None) -> bool:
+    """Whether the source paces itself (webcam, network, synthetic) rather than being read as fast as the
+    pipeline can (files, image folders). Constructing a source opens nothing."""
+    if live_flag is not None:
+        return live_flag
+    from stream.sources.file import FileSource
+    from stream.sources.images import ImageSource
+    from stream.uri import open_source
+
+    src = open_source(source)
+    return getattr(src, "live", not isinstance(src, (FileSource, ImageSource)))
 
 
 class Progress:

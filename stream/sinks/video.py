@@ -45,7 +45,7 @@ class VideoFileSink(Sink):
         path: str,
         *,
         crf: int = 23,
-        preset: str = "superfast",
+        preset: str = "ultrafast",
         codec: str = "libx264",
         fragmented: bool = False,
         threads: int = 0,

@@ -39,6 +39,7 @@ class StageContext:
     model: dict[str, Any] | None = None  # {"meta": json, "wants_uint8": bool, "max_batch": int}
     parent_pid: int | None = None
     seq_start: int = 0  # capture: first seq (a restarted live capture continues past the old ones)
+    cpus: list[int] | None = None  # processors this stage may use (stream.cpus); None: any
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -69,9 +70,11 @@ class Stage:
         import zmq
 
         from stream.config import PipelineConfig
+        from stream.cpus import pin
 
         self.ctx = ctx
         self.cfg = PipelineConfig.from_dict(ctx.config)
+        pin(ctx.cpus)
         self.metrics = StageMetrics(ctx.name)
         self.zctx = zmq.Context.instance()
         self.ctl_up = None
