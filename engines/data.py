@@ -61,6 +61,8 @@ def ignore_value(classes: ClassTable) -> int:
 
 
 def find_class_table(root: Path) -> ClassTable:
+    if not Path(root).is_dir():
+        raise DatasetNotFound(f"dataset folder not found: {root}")
     for cand in (root / "classes.json", root.parent / "classes.json"):
         if cand.is_file():
             return ClassTable.from_json_file(cand)

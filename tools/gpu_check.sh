@@ -40,4 +40,22 @@ for c, ok, d in collect():
   COLUMNS=140 timeout 300 "$PY" tools/bench_infer.py "${model_args[@]}" --device cpu \
     --backends onnxruntime,torch --precisions fp32 --batches 1 --sizes 480x360,1280x720 --iters 20
 } 2>&1 | tee "$OUT/runtimes_bench.txt"
+
+# The pipeline on that machine: needs pyzmq and PyAV, which its image lacks. Carry their wheels (cp312,
+# manylinux x86_64) in .whl/ and they are installed into /tmp/site first.
+echo "== pipeline bench (transport; torch CUDA and ONNX Runtime CPU, bundled model and clip)"
+if ls .whl/pyzmq-*.whl .whl/av-*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    .whl/pyzmq-*.whl .whl/av-*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+if "$PY" -c "import zmq, av" 2>/dev/null; then
+  timeout 70 "$PY" tools/bench_transport.py --seconds 1 2>&1 | tee "$OUT/transport.txt"
+  timeout 200 "$PY" tools/bench_pipeline.py --model stream/assets/default.pt --threads 4 \
+    --clip stream/assets/sample.mp4 --frames 221 --json "$OUT/pipeline_torch_cuda.json" 2>&1 | tee "$OUT/pipeline_torch_cuda.txt"
+  timeout 150 "$PY" tools/bench_pipeline.py --model stream/assets/default.onnx --threads 4 \
+    --clip stream/assets/sample.mp4 --frames 221 --json "$OUT/pipeline_ort_cpu.json" 2>&1 | tee "$OUT/pipeline_ort_cpu.txt"
+  ls /dev/shm | grep segstream || echo "no /dev/shm leftovers"
+else
+  echo "pipeline bench skipped: pyzmq/PyAV not importable (carry their wheels in .whl/)"
+fi
 exit "$tests_rc"
