@@ -71,6 +71,7 @@ def _random_checkpoint(arch: str, root: Path) -> Path:
 
     from engines.meta import ClassTable, ModelMeta
     from engines.models import build_model
+    from engines.runtime.torch import write_checkpoint
 
     names = tuple(f"class{i}" for i in range(11))
     palette = tuple((i * 20, 255 - i * 20, (i * 70) % 256) for i in range(11))
@@ -78,21 +79,7 @@ def _random_checkpoint(arch: str, root: Path) -> Path:
     args = {"num_classes": 11, "in_channels": 3, "dropout": 0.1}
     torch.manual_seed(0)
     net = build_model(arch, **args)
-    path = root / f"{arch}-random.pt"
-    torch.save(
-        {
-            "format": "segstream-checkpoint",
-            "version": 1,
-            "arch": arch,
-            "arch_args": args,
-            "model": net.state_dict(),
-            "meta": meta.to_json(),
-            "epoch": 0,
-            "best_miou": 0.0,
-        },
-        path,
-    )
-    return path
+    return write_checkpoint(root / f"{arch}-random.pt", net, meta, args)
 
 
 def _plan(backends: list[str], precisions: list[str], device: str) -> list[tuple[str, str, str]]:

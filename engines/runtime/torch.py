@@ -62,6 +62,25 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def write_checkpoint(path: str | Path, net: nn.Module, meta: ModelMeta, arch_args: dict[str, Any]) -> Path:
+    """Save ``net`` as an untrained (epoch 0) segstream checkpoint that ``read_checkpoint`` accepts."""
+    path = Path(path)
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "version": 1,
+            "arch": meta.arch,
+            "arch_args": arch_args,
+            "model": net.state_dict(),
+            "meta": meta.to_json(),
+            "epoch": 0,
+            "best_miou": 0.0,
+        },
+        path,
+    )
+    return path
+
+
 def checkpoint_meta(ckpt: dict[str, Any], path: str | Path = "checkpoint") -> ModelMeta:
     try:
         return ModelMeta.from_json(ckpt["meta"])

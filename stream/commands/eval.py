@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from stream.config import DEFAULT_MODEL
+
 HELP = "evaluate a model (.pt/.onnx/engine) on a labelled folder: IoU table, JSON, confusion PNG, speed"
 DESCRIPTION = """Run a model file (PyTorch .pt, ONNX .onnx or TensorRT .engine) over a labelled folder
 (CamVid layout) at batch 1, compare its masks with the labels at the label resolution (void pixels
@@ -16,7 +18,11 @@ example:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' line breaks
-    p.add_argument("--model", required=True, help="model file: .pt checkpoint, .onnx, .engine/.plan")
+    p.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help="model file: .pt checkpoint, .onnx, .engine/.plan (default: the bundled model)",
+    )
     p.add_argument("--data", required=True, metavar="DIR", help="labelled folder (images/, labels/)")
     p.add_argument(
         "--size",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from stream.config import DEFAULT_MODEL
+
 HELP = "segment images with a model: class-id mask PNG + colour overlay PNG per image"
 DESCRIPTION = """Segment image files with a model file (.pt, .onnx, .engine). For each IMAGE writes
 OUT/<name>_mask.png (uint8 class ids, full image size) and OUT/<name>_overlay.png (the image blended with
@@ -16,7 +18,11 @@ example:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # keep the examples' line breaks
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    p.add_argument("--model", required=True, help="model file: .pt checkpoint, .onnx, .engine/.plan")
+    p.add_argument(
+        "--model",
+        default=str(DEFAULT_MODEL),
+        help="model file: .pt checkpoint, .onnx, .engine/.plan (default: the bundled model)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the palette (default 0.5)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N]")

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from stream.sources.base import Frame, ReadStatus, SourceStats
+from stream.sources.base import Frame, ReadStatus, Source, SourceError, SourceStats
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +90,24 @@ class LiveReader:
             if self._thread.is_alive():
                 log.warning("%s: capture thread did not stop within %.1f s", self.name, join_timeout)
         self._thread = None
+
+
+class LiveSource(Source):
+    """A Source whose ``open()`` starts ``self._reader``: reads come from its slot, ``close()`` stops it."""
+
+    uri: str
+    _reader: LiveReader | None = None
+
+    def join_timeout(self) -> float:
+        """How long ``close()`` waits for the capture thread to end."""
+        return 5.0
+
+    def read(self, timeout: float = 1.0) -> Frame:
+        if self._reader is None:
+            raise SourceError(f"{self.uri}: read() before open()")
+        return self._reader.read(timeout)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close(join_timeout=self.join_timeout())
+            self._reader = None

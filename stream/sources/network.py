@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import av
 import numpy as np
 
-from stream.sources.base import Frame, Source, SourceError, SourceInfo, SourceStats
+from stream.sources.base import SourceError, SourceInfo, SourceStats
 from stream.sources.file import stream_fps
-from stream.sources.live import LiveReader
+from stream.sources.live import LiveReader, LiveSource
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def _reason(e: BaseException) -> str:
     return str(msg).strip()
 
 
-class NetworkSource(Source):
+class NetworkSource(LiveSource):
     def __init__(
         self,
         url: str,
@@ -150,12 +150,5 @@ class NetworkSource(Source):
                 log.warning("%s: stream dropped (%s); reconnecting", self.uri, last_error)
         return None
 
-    def read(self, timeout: float = 1.0) -> Frame:
-        if self._reader is None:
-            raise SourceError(f"{self.uri}: read() before open()")
-        return self._reader.read(timeout)
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close(join_timeout=self.read_timeout + 1.0)
-            self._reader = None
+    def join_timeout(self) -> float:
+        return self.read_timeout + 1.0  # a blocked read ends within read_timeout

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import cv2
 
-from stream.sources.base import Frame, Source, SourceError, SourceInfo, SourceStats
-from stream.sources.live import LiveReader
+from stream.sources.base import SourceError, SourceInfo, SourceStats
+from stream.sources.live import LiveReader, LiveSource
 
 # A camera that returns this many failed grabs in a row (≈ seconds) is taken as gone.
 _MAX_FAILED_GRABS = 50
 
 
-class WebcamSource(Source):
+class WebcamSource(LiveSource):
     def __init__(
         self,
         device: int | str = 0,
@@ -77,13 +77,3 @@ class WebcamSource(Source):
 
         self._reader.start(loop)
         return SourceInfo(uri=self.uri, width=w, height=h, fps=float(fps or 0.0), live=True)
-
-    def read(self, timeout: float = 1.0) -> Frame:
-        if self._reader is None:
-            raise SourceError(f"{self.uri}: read() before open()")
-        return self._reader.read(timeout)
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,6 +171,34 @@ class Stage:
 
     def on_command(self, cmd: dict[str, Any]) -> None:  # noqa: B027 - optional hook
         pass
+
+    # -- data sockets (``self.inp``/``self.poller``/``self.out``, opened by the subclass) ----------
+    def incoming(self, timeout_s: float) -> Iterator[list]:
+        """Wait up to ``timeout_s`` for input, then yield every message already queued on ``self.inp``."""
+        import zmq
+
+        if not self.poller.poll(int(timeout_s * 1000)):
+            return
+        while True:
+            try:
+                frames = self.inp.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            yield frames
+
+    def send_out(self, msg: list) -> None:
+        """Blocking send on ``self.out``: a full queue means every downstream worker is busy, which is
+        the backpressure we want; heartbeats and control stay alive while we wait."""
+        import zmq
+
+        while not self.stopping:
+            try:
+                self.out.send_multipart(msg, zmq.NOBLOCK, copy=False)
+                return
+            except zmq.Again:
+                time.sleep(0.002)
+                self.heartbeat()
+                self.poll_control()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def setup(self) -> None:  # noqa: B027

@@ -79,7 +79,7 @@ class InferStage(Stage):
                 continue
             hdr, arrays = item
             if hdr.kind != H.FRAME:
-                self.send(H.encode(hdr, {k: v for k, v in arrays.items() if k == "frame"}))
+                self.send_out(H.encode(hdr, {k: v for k, v in arrays.items() if k == "frame"}))
                 continue
             batch.append(item)
         return batch
@@ -112,18 +112,8 @@ class InferStage(Stage):
                     parts["confidence"] = conf[i]
                 if "frame" in arrays:  # no ring: the frame rides along to the overlay stage
                     parts["frame"] = arrays["frame"]
-                self.send(H.encode(hdr, parts))
+                self.send_out(H.encode(hdr, parts))
                 self.metrics.frames_out += 1
-
-    def send(self, msg: list) -> None:
-        while not self.stopping:
-            try:
-                self.out.send_multipart(msg, self.zmq.NOBLOCK, copy=False)
-                return
-            except self.zmq.Again:
-                time.sleep(0.002)
-                self.heartbeat()
-                self.poll_control()
 
     def teardown(self) -> None:
         if hasattr(self, "runtime"):

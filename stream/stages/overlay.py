@@ -137,13 +137,7 @@ class OverlayStage(Stage):
         self.opened = True
 
     def receive(self) -> None:
-        if not self.poller.poll(int(min(self.cfg.heartbeat_s, 0.05) * 1000)):
-            return
-        while True:
-            try:
-                frames = self.inp.recv_multipart(self.zmq.NOBLOCK, copy=False)
-            except self.zmq.Again:
-                return
+        for frames in self.incoming(min(self.cfg.heartbeat_s, 0.05)):
             hdr, arrays = H.decode(frames)
             if hdr.extra.get("src"):
                 self.src = hdr.extra["src"]

@@ -7,8 +7,6 @@ device (``wants_uint8``) get resized uint8 frames, four times fewer bytes than f
 
 from __future__ import annotations
 
-import time
-
 from stream import headers as H
 from stream.stages.base import Stage
 
@@ -40,22 +38,15 @@ class PreprocessStage(Stage):
         self.inline = bool(self.cfg.remote_infer) or self.ring is None
         self.poller = zmq.Poller()
         self.poller.register(self.inp, zmq.POLLIN)
-        self.zmq = zmq
 
     def step(self) -> None:
         from engines.runtime.preprocess import prepare_batch
 
-        if not self.poller.poll(int(self.cfg.heartbeat_s * 1000)):
-            return
-        while True:
-            try:
-                frames = self.inp.recv_multipart(self.zmq.NOBLOCK, copy=False)
-            except self.zmq.Again:
-                return
+        for frames in self.incoming(self.cfg.heartbeat_s):
             with self.metrics.busy():
                 hdr, arrays = H.decode(frames)
                 if hdr.kind != H.FRAME:
-                    self.forward(H.encode(hdr))
+                    self.send_out(H.encode(hdr))
                     continue
                 self.metrics.frames_in += 1
                 batch = prepare_batch([frame_of(self.ring, hdr, arrays)], self.meta, uint8=self.uint8)
@@ -70,17 +61,5 @@ class PreprocessStage(Stage):
                 else:
                     hdr.extra.pop("in", None)
                     msg = H.encode(hdr, {**keep, "input": x})
-                self.forward(msg)
+                self.send_out(msg)
                 self.metrics.frames_out += 1
-
-    def forward(self, msg: list) -> None:
-        # blocking send: a full queue means every worker is busy, which is the backpressure we want;
-        # the poll keeps heartbeats and control alive while we wait
-        while not self.stopping:
-            try:
-                self.out.send_multipart(msg, self.zmq.NOBLOCK, copy=False)
-                return
-            except self.zmq.Again:
-                time.sleep(0.002)
-                self.heartbeat()
-                self.poll_control()

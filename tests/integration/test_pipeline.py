@@ -38,6 +38,16 @@ def run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Complete
     )
 
 
+def run_args(source: Path | str, model: Path, *options: str) -> list[str]:
+    """``run SOURCE --model MODEL OPTIONS...``: the pipeline command every test starts from."""
+    return ["run", str(source), "--model", str(model), *options]
+
+
+def start(args: list[str], cwd: Path, stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:
+    """``segstream ARGS`` in the background (text output), for tests that act on it while it runs."""
+    return subprocess.Popen(segstream_cmd(*args), cwd=cwd, env=env(), stdout=stdout, stderr=stderr, text=True)
+
+
 def shm_segments() -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith("segstream-")}
 
@@ -100,6 +110,17 @@ def wait_for_stage(pid: int, stage: str, timeout: float = 60) -> psutil.Process:
     raise AssertionError(f"no {stage} stage appeared")
 
 
+def wait_for_output(path: Path, timeout: float = 60) -> None:
+    """Until the first frames reached the sink: the model is loaded and frames are moving, so most of the
+    run is still ahead (a fixed sleep raced the end of the run on a fast machine)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if path.exists() and path.stat().st_size > 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never received a frame")
+
+
 def wait_running(stats_dir: Path, pid: int, seconds: float) -> None:
     """Give the pipeline time to load and move frames (infer must be up for a while)."""
     wait_for_stage(pid, "infer")
@@ -139,11 +160,9 @@ def test_file_to_mp4_exact_count_and_order(tmp_path, vtest, onnx_model):
     out = tmp_path / "out.mp4"
     stats = tmp_path / "stats.json"
     r = run(
-        [
-            "run",
-            str(vtest),
-            "--model",
-            str(onnx_model),
+        run_args(
+            vtest,
+            onnx_model,
             "--max-frames",
             str(n),
             "--sink",
@@ -154,7 +173,7 @@ def test_file_to_mp4_exact_count_and_order(tmp_path, vtest, onnx_model):
             str(stats),
             "--workers",
             "2",
-        ],
+        ),
         tmp_path,
     )
     assert r.returncode == 0, r.stderr
@@ -173,18 +192,16 @@ def test_live_source_counts_drops_and_bounds_latency(tmp_path, onnx_model):
     stats = tmp_path / "stats.json"
     # 640x480 at 60 fps is more than 2 busy cores segment: frames must drop, and be counted
     r = run(
-        [
-            "run",
+        run_args(
             "synthetic://?size=640x480&fps=60&frames=180",
-            "--model",
-            str(onnx_model),
+            onnx_model,
             "--sink",
             str(tmp_path / "live.mp4"),
             "--stats-json",
             str(stats),
             "--slots",
             "4",
-        ],
+        ),
         tmp_path,
     )
     assert r.returncode == 0, r.stderr
@@ -201,12 +218,10 @@ def test_killed_infer_is_restarted_and_no_frame_is_lost(tmp_path, vtest, onnx_mo
     n = 300
     out = tmp_path / "out.mp4"
     stats = tmp_path / "stats.json"
-    p = subprocess.Popen(
-        segstream_cmd(
-            "run",
-            str(vtest),
-            "--model",
-            str(onnx_model),
+    p = start(
+        run_args(
+            vtest,
+            onnx_model,
             "--max-frames",
             str(n),
             "--sink",
@@ -216,14 +231,10 @@ def test_killed_infer_is_restarted_and_no_frame_is_lost(tmp_path, vtest, onnx_mo
             "--threads",
             "1",
         ),
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        tmp_path,
     )
     infer = wait_for_stage(p.pid, "infer")
-    time.sleep(2.0)  # model loaded, frames moving; 300 frames take several seconds more
+    wait_for_output(out)
     try:
         infer.kill()
     except psutil.NoSuchProcess:
@@ -239,21 +250,7 @@ def test_killed_infer_is_restarted_and_no_frame_is_lost(tmp_path, vtest, onnx_mo
 
 def test_sigint_finalizes_mp4_and_leaves_nothing(tmp_path, vtest, onnx_model):
     out = tmp_path / "out.mp4"
-    p = subprocess.Popen(
-        segstream_cmd(
-            "run",
-            str(vtest),
-            "--model",
-            str(onnx_model),
-            "--sink",
-            str(out),
-        ),
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    p = start(run_args(vtest, onnx_model, "--sink", str(out)), tmp_path)
     wait_running(tmp_path, p.pid, 3.0)
     children = stage_children(p.pid)
     assert len(children) >= 4
@@ -268,18 +265,9 @@ def test_sigint_finalizes_mp4_and_leaves_nothing(tmp_path, vtest, onnx_model):
 
 
 def test_killed_supervisor_leaves_no_children_or_segments(tmp_path, vtest, onnx_model):
-    p = subprocess.Popen(
-        segstream_cmd(
-            "run",
-            str(vtest),
-            "--model",
-            str(onnx_model),
-            "--sink",
-            str(tmp_path / "out.mp4"),
-            "--no-progress",
-        ),
-        cwd=tmp_path,
-        env=env(),
+    p = start(
+        run_args(vtest, onnx_model, "--sink", str(tmp_path / "out.mp4"), "--no-progress"),
+        tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -299,7 +287,7 @@ def test_killed_supervisor_leaves_no_children_or_segments(tmp_path, vtest, onnx_
 def test_corrupt_file_is_one_clear_error(tmp_path, onnx_model):
     bad = tmp_path / "corrupt.mp4"
     bad.write_bytes(os.urandom(200_000))
-    r = run(["run", str(bad), "--model", str(onnx_model), "--sink", str(tmp_path / "o.mp4")], tmp_path)
+    r = run(run_args(bad, onnx_model, "--sink", str(tmp_path / "o.mp4")), tmp_path)
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "corrupt.mp4" in lines[0], r.stderr
@@ -311,7 +299,7 @@ def test_truncated_file_ends_cleanly(tmp_path, video_dir, onnx_model):
     cut = tmp_path / "truncated.mp4"
     cut.write_bytes(data[: len(data) // 3])
     out = tmp_path / "o.mp4"
-    r = run(["run", str(cut), "--model", str(onnx_model), "--sink", str(out), "--max-frames", "60"], tmp_path)
+    r = run(run_args(cut, onnx_model, "--sink", str(out), "--max-frames", "60"), tmp_path)
     if r.returncode == 2:  # the moov atom sat at the end: nothing decodable, said in one line
         assert "truncated.mp4" in r.stderr and "Traceback" not in r.stderr
         return
@@ -326,8 +314,8 @@ def test_two_tcp_infer_workers_keep_order(tmp_path, vtest, onnx_model):
 
     p_in, p_out = free_tcp_port(), free_tcp_port()
     workers = [
-        subprocess.Popen(
-            segstream_cmd(
+        start(
+            [
                 "worker",
                 "infer",
                 "--in",
@@ -338,12 +326,9 @@ def test_two_tcp_infer_workers_keep_order(tmp_path, vtest, onnx_model):
                 str(onnx_model),
                 "--threads",
                 "1",
-            ),
-            cwd=tmp_path,
-            env=env(),
+            ],
+            tmp_path,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
         )
         for _ in range(2)
     ]
@@ -351,11 +336,9 @@ def test_two_tcp_infer_workers_keep_order(tmp_path, vtest, onnx_model):
         n = 30
         out = tmp_path / "out.mp4"
         r = run(
-            [
-                "run",
-                str(vtest),
-                "--model",
-                str(onnx_model),
+            run_args(
+                vtest,
+                onnx_model,
                 "--max-frames",
                 str(n),
                 "--sink",
@@ -367,7 +350,7 @@ def test_two_tcp_infer_workers_keep_order(tmp_path, vtest, onnx_model):
                 "--remote-infer",
                 f"tcp://127.0.0.1:{p_in}",
                 f"tcp://127.0.0.1:{p_out}",
-            ],
+            ),
             tmp_path,
         )
         assert r.returncode == 0, r.stderr
@@ -383,14 +366,12 @@ def test_two_tcp_infer_workers_keep_order(tmp_path, vtest, onnx_model):
 
 
 def test_stalled_stage_is_restarted(tmp_path, vtest, onnx_model):
-    n = 200
+    n = 300
     stats = tmp_path / "stats.json"
-    p = subprocess.Popen(
-        segstream_cmd(
-            "run",
-            str(vtest),
-            "--model",
-            str(onnx_model),
+    p = start(
+        run_args(
+            vtest,
+            onnx_model,
             "--max-frames",
             str(n),
             "--sink",
@@ -400,15 +381,11 @@ def test_stalled_stage_is_restarted(tmp_path, vtest, onnx_model):
             "--stall-timeout",
             "2",
         ),
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+        tmp_path,
     )
     pre = wait_for_stage(p.pid, "preprocess")
     wait_for_stage(p.pid, "infer")
-    time.sleep(1.5)
+    wait_for_output(tmp_path / "o.mp4")
     try:
         pre.suspend()  # alive but silent: only the heartbeat timeout can find it
     except psutil.NoSuchProcess:
@@ -421,21 +398,7 @@ def test_stalled_stage_is_restarted(tmp_path, vtest, onnx_model):
 
 
 def test_restart_budget_spent_names_the_stage_and_exits_nonzero(tmp_path, vtest, onnx_model):
-    p = subprocess.Popen(
-        segstream_cmd(
-            "run",
-            str(vtest),
-            "--model",
-            str(onnx_model),
-            "--sink",
-            str(tmp_path / "o.mp4"),
-        ),
-        cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    p = start(run_args(vtest, onnx_model, "--sink", str(tmp_path / "o.mp4")), tmp_path)
     killed = set()
     end = time.monotonic() + 90
     while p.poll() is None and time.monotonic() < end:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from engines.meta import ClassTable, ModelMeta
+from engines.runtime.torch import write_checkpoint
 
 TRAIN_SIZE = (256, 192)  # (w, h): small, so training and inference stay fast on 2 cores
 _CACHE: dict[str, Path] = {}
@@ -38,23 +39,6 @@ def read_pairs(split_dir: Path, count: int, size: tuple[int, int] = TRAIN_SIZE):
         lab = cv2.imread(str(split_dir / "labels" / (p.stem + ".png")), cv2.IMREAD_GRAYSCALE)
         labels.append(cv2.resize(lab, size, interpolation=cv2.INTER_NEAREST))
     return frames, labels
-
-
-def write_checkpoint(path: Path, net: nn.Module, meta: ModelMeta, arch_args: dict) -> Path:
-    torch.save(
-        {
-            "format": "segstream-checkpoint",
-            "version": 1,
-            "arch": meta.arch,
-            "arch_args": arch_args,
-            "model": net.state_dict(),
-            "meta": meta.to_json(),
-            "epoch": 0,
-            "best_miou": 0.0,
-        },
-        path,
-    )
-    return path
 
 
 def trained_fastscnn(camvid: Path, root: Path, steps: int = 8) -> Path:
