@@ -36,6 +36,7 @@ class InferStage(Stage):
         self.poller.register(self.inp, zmq.POLLIN)
         self.zmq = zmq
         self.batches = 0
+        self.warm_up()
         self.report(
             "ready", backend=self.runtime.backend, device=self.runtime.device, max_batch=self.max_batch
         )

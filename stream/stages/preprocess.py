@@ -38,6 +38,17 @@ class PreprocessStage(Stage):
         self.inline = bool(self.cfg.remote_infer) or self.ring is None
         self.poller = zmq.Poller()
         self.poller.register(self.inp, zmq.POLLIN)
+        self.warm_up()
+
+    def warm_up(self) -> None:
+        """The first resize/blob call initializes OpenCV's kernels (tens of ms); do it before this stage
+        reports in, so capture is not told to start until it would land on no frame."""
+        import numpy as np
+
+        from engines.runtime.preprocess import prepare_batch
+
+        w, h = self.meta.input_size
+        prepare_batch([np.zeros((h * 3 // 2, w * 3 // 2, 3), np.uint8)], self.meta, uint8=self.uint8)
 
     def step(self) -> None:
         from engines.runtime.preprocess import prepare_batch
