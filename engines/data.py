@@ -8,6 +8,7 @@ training loop indexes one tensor on the training device: no DataLoader workers, 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,12 +208,104 @@ class SegmentationDataset:
             roots=[r for p in parts for r in p.roots],
         )
 
+    def subset(self, keep: Sequence[int] | np.ndarray) -> SegmentationDataset:
+        """The images at indices ``keep`` (in that order), as a new dataset."""
+        idx = np.asarray(keep, dtype=np.int64)
+        return SegmentationDataset(
+            images=self.images[idx],
+            labels=self.labels[idx],
+            classes=self.classes,
+            names=[self.names[i] for i in idx],
+            roots=list(self.roots),
+        )
+
+    def drives(self, regex: str | None = None) -> list[str]:
+        """The drive (group) of every image, from its file name (see ``drive_of``)."""
+        pattern = compile_group_regex(regex)
+        return [drive_of(n, pattern) for n in self.names]
+
 
 def load_datasets(
     roots: Sequence[str | Path], size: tuple[int, int] | None = None, limit: int | None = None
 ) -> SegmentationDataset:
     parts = [SegmentationDataset.load(r, size=size, limit=limit) for r in roots]
     return SegmentationDataset.merge(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Drives: groups of images filmed in one session, for leave-one-drive-out validation
+
+#: CamVid names start with the drive: 0001TP_006690.jpg, 0006R0_f02430.jpg, Seq05VD_f00000.jpg
+DEFAULT_GROUP_REGEX = r"^([^_]+)_"
+
+
+def compile_group_regex(regex: str | None) -> re.Pattern[str]:
+    """--group-regex: the drive is the named group 'drive', else group 1, else the whole match."""
+    text = regex or DEFAULT_GROUP_REGEX
+    try:
+        return re.compile(text)
+    except re.error as e:
+        raise DatasetError(f"--group-regex '{text}' is not a valid regular expression: {e}") from None
+
+
+def drive_of(name: str, pattern: re.Pattern[str], unmatched: str | None = None) -> str:
+    """The drive of one file name (searched, so the regex need not match from the start).
+
+    A name the regex misses is an error, or ``unmatched`` when one is given."""
+    m = pattern.search(name)
+    if m is None and unmatched is not None:
+        return unmatched
+    if m is None:
+        raise DatasetError(
+            f"--group-regex '{pattern.pattern}' does not match the file name '{name}', so its drive is "
+            "unknown (give a regex that matches every image name)"
+        )
+    if "drive" in pattern.groupindex:
+        value = m.group("drive")
+    elif pattern.groups >= 1:
+        value = m.group(1)
+    else:
+        value = m.group(0)
+    if not value:
+        raise DatasetError(f"--group-regex '{pattern.pattern}' gives an empty drive for '{name}'")
+    return value
+
+
+def drive_counts(drives: Sequence[str]) -> dict[str, int]:
+    """{drive: images}, in sorted drive order (what config.json and error messages show)."""
+    counts: dict[str, int] = {}
+    for d in sorted(drives):
+        counts[d] = counts.get(d, 0) + 1
+    return counts
+
+
+def check_drives(requested: Sequence[str], found: Sequence[str] | dict[str, int], option: str) -> None:
+    """DatasetError naming ``option`` when a requested drive has no image; lists the drives found
+    (``found``: the drive of every image, or {drive: images})."""
+    have = dict(found) if isinstance(found, dict) else drive_counts(found)
+    missing = [d for d in requested if d not in have]
+    if missing:
+        listing = ", ".join(f"{d} ({n})" for d, n in have.items())
+        raise DatasetError(
+            f"{option} {', '.join(missing)}: no image of that drive; drives found: {listing or 'none'}"
+        )
+
+
+def split_by_drive(
+    data: SegmentationDataset, holdout: Sequence[str], regex: str | None = None
+) -> tuple[SegmentationDataset, SegmentationDataset]:
+    """(images of every other drive, images of the ``holdout`` drives): leave-drives-out validation."""
+    drives = data.drives(regex)
+    check_drives(holdout, drives, "--holdout-drive")
+    held = set(holdout)
+    train_idx = [i for i, d in enumerate(drives) if d not in held]
+    val_idx = [i for i, d in enumerate(drives) if d in held]
+    if not train_idx:
+        raise DatasetError(
+            f"--holdout-drive {', '.join(holdout)} leaves no training image "
+            f"(drives found: {', '.join(drive_counts(drives))})"
+        )
+    return data.subset(train_idx), data.subset(val_idx)
 
 
 def class_pixel_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -223,19 +316,31 @@ def class_pixel_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------
 # Augmentation on the training device (torch)
 
-AUGMENTATIONS = ("scale", "crop", "flip", "jitter")
+#: what 'default' (and no --augment) means: the recipe the bundled model was trained with
+DEFAULT_AUGMENTATIONS = ("scale", "crop", "flip", "jitter")
+#: aimed at new drives and cameras: aspect = random aspect ratio of the zoom (random resized crop),
+#: wb = white balance (per-channel gains), exposure = gamma, blur = Gaussian blur, noise = sensor
+#: noise, jpeg = JPEG re-encoding artefacts
+CAMERA_AUGMENTATIONS = ("aspect", "wb", "exposure", "blur", "noise", "jpeg")
+AUGMENTATIONS = DEFAULT_AUGMENTATIONS + CAMERA_AUGMENTATIONS
 
 
 def parse_augment(text: str | None) -> tuple[str, ...]:
-    """'scale,crop,flip,jitter' | 'none' | 'all' -> names."""
-    if text is None or text.strip().lower() == "all":
+    """'scale,crop,flip,jitter' | 'default' | 'camera' (default + camera ones) | 'all' | 'none' -> names."""
+    key = "default" if text is None else text.strip().lower()
+    if key == "default":
+        return DEFAULT_AUGMENTATIONS
+    if key in ("all", "camera"):
         return AUGMENTATIONS
-    if text.strip().lower() in ("none", ""):
+    if key in ("none", ""):
         return ()
     names = tuple(t.strip().lower() for t in text.split(",") if t.strip())
     bad = [n for n in names if n not in AUGMENTATIONS]
     if bad:
-        raise DatasetError(f"unknown augmentation {bad} (choose from {','.join(AUGMENTATIONS)}, none, all)")
+        raise DatasetError(
+            f"--augment: unknown augmentation {bad} (choose from {','.join(AUGMENTATIONS)}, "
+            "default, all, none)"
+        )
     return names
 
 
@@ -300,8 +405,13 @@ class BatchAugmenter:
                 s = torch.exp(lo + (hi - lo) * r[:, 0])
             else:
                 s = torch.ones(n)
+            sx, sy = s, s
+            if "aspect" in self.enabled:
+                # aspect ratio in [3/4, 4/3] at the same area: another camera's lens/sensor shape
+                a = torch.exp((torch.rand(n, generator=generator) * 2 - 1) * float(np.log(4 / 3)))
+                sx, sy = s * a.sqrt(), s / a.sqrt()
             # crop window (in scaled-image pixels) at a random offset; negative room means padding
-            room_x, room_y = s * w - cw, s * h - ch
+            room_x, room_y = sx * w - cw, sy * h - ch
             ox, oy = r[:, 1] * room_x, r[:, 2] * room_y
             if "crop" not in self.enabled:  # centre the zoom
                 ox, oy = room_x / 2, room_y / 2
@@ -310,10 +420,10 @@ class BatchAugmenter:
                 flip = torch.where(r[:, 3] < 0.5, -flip, flip)
             # output normalized coord -> input normalized coord (align_corners=False)
             theta = torch.zeros(n, 2, 3)
-            theta[:, 0, 0] = flip * cw / (s * w)
-            theta[:, 0, 2] = (cw + 2 * ox) / (s * w) - 1
-            theta[:, 1, 1] = ch / (s * h)
-            theta[:, 1, 2] = (ch + 2 * oy) / (s * h) - 1
+            theta[:, 0, 0] = flip * cw / (sx * w)
+            theta[:, 0, 2] = (cw + 2 * ox) / (sx * w) - 1
+            theta[:, 1, 1] = ch / (sy * h)
+            theta[:, 1, 2] = (ch + 2 * oy) / (sy * h) - 1
             theta = theta.to(dev, non_blocking=True)
             grid = F.affine_grid(theta, [n, 3, ch, cw], align_corners=False)
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -324,8 +434,85 @@ class BatchAugmenter:
             y = torch.where(yl == 0, torch.full_like(yl, self.ignore_index), yl - 1)
         if "jitter" in self.enabled:
             x = self._jitter(x, generator)
+        if self.enabled & set(CAMERA_AUGMENTATIONS):
+            x = self._camera(x, generator)
         x = self.normalizer.normalize_unit(x)
         return x, y
+
+    def _camera(self, x, generator):
+        """White balance, exposure, blur, noise and JPEG artefacts, each on a random part of the batch.
+
+        All random numbers are drawn on the CPU from ``generator`` whatever is enabled, so enabling one
+        of these never changes the draws of another.
+        """
+        import torch
+
+        n = x.shape[0]
+        dev = x.device
+        r = torch.rand(n, 12, generator=generator)
+        if "wb" in self.enabled:
+            # colour temperature (red against blue) plus a small tint on every channel: gains in ~[0.8, 1.25]
+            temp = (r[:, 0] * 2 - 1) * 0.15
+            tint = (r[:, 1:4] * 2 - 1) * 0.05
+            gains = torch.exp(torch.stack([temp, torch.zeros(n), -temp], 1) + tint)
+            x = (x * gains.view(n, 3, 1, 1).to(dev, non_blocking=True)).clamp_(0, 1)
+        if "exposure" in self.enabled:
+            gamma = torch.exp((r[:, 4] * 2 - 1) * 0.4)  # 0.67-1.49: under- and over-exposed cameras
+            x = x.clamp(min=1e-6).pow(gamma.view(n, 1, 1, 1).to(dev, non_blocking=True))
+        if "blur" in self.enabled:
+            x = self._blur(x, r[:, 5], r[:, 6])
+        if "noise" in self.enabled:
+            sigma = torch.where(r[:, 7] < 0.5, r[:, 8] * 0.04, torch.zeros(n))
+            g = torch.Generator().manual_seed(int(r[0, 9] * 2**31))
+            noise = torch.randn(x.shape, generator=g).to(dev, non_blocking=True)
+            x = (x + noise * sigma.view(n, 1, 1, 1).to(dev, non_blocking=True)).clamp_(0, 1)
+        if "jpeg" in self.enabled:
+            x = self._jpeg(x, r[:, 10], r[:, 11])
+        return x
+
+    @staticmethod
+    def _blur(x, pick, amount):
+        """Gaussian blur (sigma 0.4-1.6 px) on ~30% of the batch: defocus, motion, soft lenses."""
+        import torch
+        import torch.nn.functional as F
+
+        n, c = x.shape[:2]
+        sigma = 0.4 + amount * 1.2
+        on = pick < 0.3
+        if not bool(on.any()):
+            return x
+        k = torch.arange(7, dtype=torch.float32) - 3
+        kern = torch.exp(-(k.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+        kern = kern / kern.sum(1, keepdim=True)
+        ident = torch.zeros(7)
+        ident[3] = 1
+        kern = torch.where(on.view(-1, 1), kern, ident.view(1, -1))  # n x 7; identity where off
+        kern = kern.repeat_interleave(c, 0).to(x.device, non_blocking=True)  # n*c x 7
+        y = x.reshape(1, n * c, *x.shape[2:])
+        y = F.conv2d(F.pad(y, (3, 3, 0, 0), mode="replicate"), kern.view(n * c, 1, 1, 7), groups=n * c)
+        y = F.conv2d(F.pad(y, (0, 0, 3, 3), mode="replicate"), kern.view(n * c, 1, 7, 1), groups=n * c)
+        return y.view_as(x).clamp_(0, 1)  # float rounding of the kernel sum may step past 1
+
+    @staticmethod
+    def _jpeg(x, pick, quality):
+        """JPEG re-encoding at quality 15-75 on ~30% of the batch (block and ringing artefacts).
+
+        OpenCV on the host: one round trip per batch, cheap next to a training step."""
+        import cv2
+        import torch
+
+        on = (pick < 0.3).tolist()
+        if not any(on):
+            return x
+        q = (15 + quality * 60).round().int().tolist()
+        out = x.clone()
+        for i in [i for i, v in enumerate(on) if v]:
+            img = (x[i].permute(1, 2, 0).clamp(0, 1) * 255).round().byte().cpu().numpy()
+            ok, buf = cv2.imencode(".jpg", img[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, q[i]])
+            if ok:
+                dec = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+                out[i] = torch.from_numpy(dec).to(x.device).permute(2, 0, 1).float() / 255.0
+        return out
 
     def _jitter(self, x, generator):
         import torch

@@ -163,6 +163,30 @@ class WeightedSum(nn.Module):
         return total
 
 
+class DistillKL(nn.Module):
+    """Knowledge distillation: pixel-wise KL(teacher || student) of softmaxes softened by a temperature.
+
+    Multiplied by T^2 so its gradients keep their scale whatever T (Hinton et al. 2015); averaged over the
+    pixels whose label is a class (void and padding outside the augmented image take no part).
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int | None, temperature: float = 2.0):
+        super().__init__()
+        if not temperature > 0:
+            raise LossSpecError(f"--distill-temp must be > 0, got {temperature}")
+        self.num_classes, self.ignore_index, self.temperature = num_classes, ignore_index, float(temperature)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if teacher.shape[-2:] != student.shape[-2:]:
+            teacher = F.interpolate(teacher, size=student.shape[-2:], mode="bilinear", align_corners=False)
+        t = self.temperature
+        log_s = F.log_softmax(student.float() / t, 1)
+        log_t = F.log_softmax(teacher.float() / t, 1)
+        kl = (log_t.exp() * (log_t - log_s)).sum(1)
+        valid = _valid(target, self.num_classes, self.ignore_index)
+        return (kl * valid).sum() / valid.sum().clamp(min=1) * (t * t)
+
+
 def build_loss(
     spec: str,
     num_classes: int,

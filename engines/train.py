@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,19 @@ import torch
 from torch import nn
 
 from engines.data import (
+    DEFAULT_GROUP_REGEX,
     BatchAugmenter,
     Normalizer,
     SegmentationDataset,
+    check_drives,
+    compile_group_regex,
+    drive_counts,
+    drive_of,
+    list_pairs,
     load_datasets,
     parse_augment,
     parse_size,
+    split_by_drive,
 )
 from engines.errors import SegstreamError
 from engines.losses import build_loss, class_weights
@@ -51,6 +58,12 @@ class TrainError(SegstreamError):
 class TrainConfig:
     data: list[str]
     val_data: list[str] | None = None  # None: the 'val' folder beside the first --data, if any
+    holdout_drive: list[str] | None = None  # validate on these drives of --data, train on the others
+    group_regex: str | None = None  # drive = this regex on file names (default: the CamVid prefix)
+    pretrained: bool | None = None  # None: load shipped encoder weights when the arch has them
+    teacher: str | None = None  # .pt/.onnx whose soft predictions the student also learns from
+    distill_weight: float | None = None  # factor of the KL term (default 1.0 with a teacher)
+    distill_temp: float | None = None  # softmax temperature of the KL term (default 2.0)
     out: str | None = None
     arch: str = "fastscnn"
     width: float | None = None
@@ -71,7 +84,7 @@ class TrainConfig:
     size: str | None = None  # training crop WxH
     data_size: str | None = None  # resize every training image on load
     eval_size: str | None = None  # resize validation images on load (default: data size)
-    augment: str = "all"
+    augment: str = "default"
     scale_min: float = 0.5
     scale_max: float = 2.0
     patience: int = 0
@@ -263,16 +276,45 @@ class Trainer:
             raise TrainError(f"--scale {c.scale_min}-{c.scale_max}: need 0 < min <= max")
         parse_augment(c.augment)
         parse_size(c.size), parse_size(c.data_size), parse_size(c.eval_size)
+        compile_group_regex(c.group_regex)
+        if c.holdout_drive is not None:
+            drives = [d for d in c.holdout_drive if d]
+            if not drives:
+                raise TrainError("--holdout-drive: give a drive name (e.g. 0001TP)")
+            if c.val_data:
+                raise TrainError(
+                    f"--holdout-drive {','.join(drives)} and --val-data {' '.join(c.val_data)} both choose "
+                    "the validation images; give one of them"
+                )
+            # from the file names alone, before minutes of decoding images
+            check_drives(drives, drives_in(c.data, c.group_regex, c.limit), "--holdout-drive")
         build_loss(c.loss, 2, None)  # a bad --loss is reported before the data is loaded
+        if c.teacher is None and (c.distill_weight is not None or c.distill_temp is not None):
+            raise TrainError("--distill-weight/--distill-temp need a --teacher MODEL")
+        if c.teacher is not None:
+            if c.distill_weight is not None and not c.distill_weight > 0:
+                raise TrainError(f"--distill-weight must be > 0, got {c.distill_weight}")
+            if c.distill_temp is not None and not c.distill_temp > 0:
+                raise TrainError(f"--distill-temp must be > 0, got {c.distill_temp}")
+            if not Path(c.teacher).is_file():
+                raise TrainError(f"--teacher {c.teacher}: file not found")
 
     def _val_roots(self) -> list[str]:
         c = self.cfg
+        if c.holdout_drive:
+            return []  # validation images come out of --data
         if c.val_data is not None:
             return list(c.val_data)
         sib = Path(c.data[0]).resolve().parent / "val"
         if sib.is_dir() and sib.resolve() != Path(c.data[0]).resolve():
             return [str(sib)]
         return []
+
+    def _drives_or_names(self, data: SegmentationDataset) -> list[str]:
+        """Drives of a dataset; without --holdout-drive a name the regex misses counts as '?'."""
+        pattern = compile_group_regex(self.cfg.group_regex)
+        unmatched = None if self.cfg.holdout_drive else "?"
+        return [drive_of(n, pattern, unmatched) for n in data.names]
 
     def setup(self) -> None:
         c = self.cfg
@@ -286,6 +328,13 @@ class Trainer:
         val_roots = self._val_roots()
         eval_size = parse_size(c.eval_size) or data_size
         self.val_set = load_datasets(val_roots, size=eval_size, limit=c.limit) if val_roots else None
+        if c.holdout_drive:
+            if eval_size is not None and eval_size != data_size:
+                raise TrainError("--holdout-drive validates on --data images: --eval-size cannot differ")
+            self.train_set, self.val_set = split_by_drive(self.train_set, c.holdout_drive, c.group_regex)
+        # which drives trained and which validated, for config.json and the model's metadata
+        self.train_drives = drive_counts(self._drives_or_names(self.train_set))
+        self.val_drives = drive_counts(self._drives_or_names(self.val_set)) if self.val_set else {}
         if self.val_set is not None and self.val_set.classes != self.train_set.classes:
             raise TrainError(f"{val_roots[0]}: class table differs from the training data's")
         self.classes = self.train_set.classes
@@ -315,6 +364,7 @@ class Trainer:
         if self.ck is not None:
             self.arch_args = dict(self.ck["arch_args"])
         self.model = self.builder(c.arch, **self.arch_args)
+        self.pretrained = self._load_pretrained()
         self.model.to(self.device)
         self.channels_last = bool(c.extra.get("channels_last", self.cuda))
         if self.channels_last:
@@ -331,15 +381,22 @@ class Trainer:
         if self.val_set is not None:
             self.val_images = torch.from_numpy(self.val_set.images).to(self.device)
             self.val_labels = torch.from_numpy(self.val_set.labels).to(self.device)
+        from engines.models import input_normalization
+
+        norm = input_normalization(self.model)
         self.meta = ModelMeta(
             arch=c.arch,
             classes=self.classes,
             input_size=(self.val_set or self.train_set).size,
             channels=3,
+            **({"mean": norm[0], "std": norm[1]} if norm else {}),
             extra={
                 "arch_args": self.arch_args,
                 "train_size": list(self.crop or self.train_set.size),
                 "seed": c.seed,
+                "train_drives": self.train_drives,
+                "val_drives": self.val_drives,
+                "encoder_init": self.pretrained,  # "imagenet" or None (random)
             },
         )
         self.normalizer = Normalizer(self.meta.mean, self.meta.std, self.device)
@@ -356,6 +413,29 @@ class Trainer:
                 class_pixel_counts(self.train_set.labels, self.num_classes), c.class_weights
             )
         self.criterion = build_loss(c.loss, self.num_classes, self.ignore, weights).to(self.device)
+        self.teacher = None
+        if c.teacher:
+            from engines.losses import DistillKL
+            from engines.teacher import Teacher
+
+            self.teacher = Teacher(c.teacher, self.device, c.threads)
+            self.teacher.check_classes(self.classes)
+            self.distill_weight = 1.0 if c.distill_weight is None else float(c.distill_weight)
+            self.distill = DistillKL(
+                self.num_classes, self.ignore, 2.0 if c.distill_temp is None else float(c.distill_temp)
+            )
+            seen = sorted(set(self.val_drives) & set(self.teacher.meta.extra.get("train_drives") or {}))
+            self.console.print(
+                f"teacher: {c.teacher} ({self.teacher.meta.arch}, {self.teacher.backend}); KL weight "
+                f"{self.distill_weight:g}, temperature {self.distill.temperature:g}"
+                + (
+                    f"\n[yellow]warning: the teacher trained on validation drive(s) {', '.join(seen)}: "
+                    "the student's validation figures are not held-out"
+                    if seen
+                    else ""
+                )
+            )
+        self._kd_acc = torch.zeros((), device=self.device)
 
         # optimizer and schedule
         self.gd = c.optimizer.lower() == "gd"
@@ -379,14 +459,36 @@ class Trainer:
         self.partial = {"loss_sum": 0.0, "loss_n": 0, "seconds": 0.0, "images": 0}
         self.last_confusion: np.ndarray | None = None
         self._validated_at = -1
+        self._last_line = time.perf_counter()
+        self.time_progress = 0.0  # how far --schedule-time has annealed (0..1), kept across resumes
+        self._resumed_progress = 0.0
         if self.ck is not None:
             self._restore(self.ck)
+
+    def _load_pretrained(self) -> str | None:
+        """Load shipped encoder weights into a new run's model; a resumed run has its own weights."""
+        from engines.models import has_pretrained, load_pretrained
+
+        want = self.cfg.pretrained
+        if want and not has_pretrained(self.model):
+            raise TrainError(f"--pretrained: arch '{self.cfg.arch}' has no pretrained encoder")
+        if self.ck is not None:  # the resumed weights already hold whatever the run started from
+            return json.loads(self.ck.get("meta") or "{}").get("extra", {}).get("encoder_init")
+        if want is False or not has_pretrained(self.model):
+            return None
+        dropped = load_pretrained(self.model)
+        self.console.print(
+            f"encoder: ImageNet weights loaded (every tensor; left out: {', '.join(dropped) or 'nothing'})"
+        )
+        return "imagenet"
 
     def _restore(self, ck: dict[str, Any]) -> None:
         self.model.load_state_dict(ck["model"])
         if ck.get("optimizer"):
             self.optimizer.load_state_dict(ck["optimizer"])
         sched = ck.get("scheduler") or {}
+        self.time_progress = float(sched.get("time_progress", 0.0))
+        self._resumed_progress = self.time_progress
         self.global_step = int(sched.get("global_step", 0))
         self.epoch = int(ck.get("epoch", 0))
         self.step_in_epoch = int(ck.get("step_in_epoch", 0))
@@ -408,6 +510,11 @@ class Trainer:
             f"resumed from {ck.get('_path')}: {self.epoch} epochs done"
             + (f" (+{self.step_in_epoch} steps)" if self.step_in_epoch else "")
             + (f", best mIoU {self.best_miou:.4f}" if self.best_miou >= 0 else "")
+            + (
+                f"; --schedule-time anneal at {100 * self.time_progress:.0f}%, continued from there"
+                if self.cfg.schedule_time and self.time_progress > 0
+                else ""
+            )
         )
 
     # ------------------------------------------------------------------ checkpoints
@@ -425,7 +532,11 @@ class Trainer:
         if full:
             ck.update(
                 optimizer=self.optimizer.state_dict(),
-                scheduler={"global_step": self.global_step, "kind": self.cfg.schedule},
+                scheduler={
+                    "global_step": self.global_step,
+                    "kind": self.cfg.schedule,
+                    "time_progress": self.time_progress,
+                },
                 scaler=None,  # bf16 autocast needs no loss scaling
                 rng={
                     "torch": torch.get_rng_state(),
@@ -456,8 +567,14 @@ class Trainer:
         c = self.cfg
         total = c.epochs * self.steps_per_epoch
         prog = (self.global_step - self.warmup_steps) / max(total - self.warmup_steps, 1)
-        if c.schedule_time and c.time_limit:
-            prog = max(prog, (time.perf_counter() - start_time) / (c.time_limit * 60))
+        if c.schedule_time:
+            # a resumed time-boxed run continues its anneal from where it stopped (never back to the
+            # top of the schedule) and finishes it within the new session's time limit
+            p0 = self._resumed_progress
+            if c.time_limit:
+                frac = min((time.perf_counter() - start_time) / (c.time_limit * 60), 1.0)
+                self.time_progress = p0 + (1.0 - p0) * frac
+            prog = max(prog, self.time_progress)
         lr = self.base_lr * lr_factor(
             c.schedule, prog, self.global_step, self.warmup_steps, self.epoch, c.step_every
         )
@@ -472,6 +589,10 @@ class Trainer:
         with self._autocast():
             logits = self.fwd_model(x)
         loss = self.criterion(logits, y)
+        if self.teacher is not None:
+            kd = self.distill(logits, self.teacher(x, self.normalizer.mean, self.normalizer.std), y)
+            self._kd_acc += kd.detach()
+            loss = loss + self.distill_weight * kd
         if self.l1_params:
             loss = loss + self.cfg.l1 * sum(p.abs().sum() for p in self.l1_params)
         return loss
@@ -500,6 +621,8 @@ class Trainer:
                 )
             self.partial["loss_sum"] += v
             loss_acc = torch.zeros((), device=self.device)
+            self.partial["kd_sum"] = self.partial.get("kd_sum", 0.0) + float(self._kd_acc)
+            self._kd_acc = torch.zeros((), device=self.device)
 
         if self.gd:
             # full-batch gradient descent: accumulate the whole training set, one step per epoch
@@ -549,6 +672,14 @@ class Trainer:
                     flush()
                     dt = self.partial["seconds"] + time.perf_counter() - t_epoch
                     ips = (self.partial["images"] + images_done) / max(dt, 1e-9)
+                    if not self.console.is_terminal and time.perf_counter() - self._last_line > 60:
+                        # logs (nohup, CI) get no live bar: one plain line a minute shows the run is alive
+                        self._last_line = time.perf_counter()
+                        self.console.print(
+                            f"epoch {self.epoch + 1} step {k + 1}/{self.steps_per_epoch}: loss "
+                            f"{self.partial['loss_sum'] / max(self.partial['loss_n'], 1):.4f}, "
+                            f"{ips:.2f} img/s, lr {lr:.2e}"
+                        )
                     progress.update(
                         task,
                         advance=0,
@@ -616,6 +747,17 @@ class Trainer:
                 "val_images": len(self.val_set) if self.val_set is not None else 0,
                 "train_roots": self.train_set.roots,
                 "val_roots": self.val_set.roots if self.val_set is not None else [],
+                "train_drives": self.train_drives,
+                "val_drives": self.val_drives,
+                "group_regex": c.group_regex or DEFAULT_GROUP_REGEX,
+                "pretrained": self.pretrained,
+                "normalization": {"mean": list(self.meta.mean), "std": list(self.meta.std)},
+                "teacher": self.teacher.describe() if self.teacher is not None else None,
+                "distill": (
+                    {"weight": self.distill_weight, "temperature": self.distill.temperature}
+                    if self.teacher is not None
+                    else None
+                ),
                 "augment": list(self.augs),
                 "params": self.n_params,
                 "arch_args": self.arch_args,
@@ -678,6 +820,9 @@ class Trainer:
                     "images_per_s": ips_run,
                     "elapsed": time.perf_counter() - start,
                 }
+                if self.teacher is not None:
+                    # the KL term alone (already inside train_loss, with its weight)
+                    row["train_distill"] = p.get("kd_sum", 0.0) / max(p["loss_n"], 1)
                 self.partial = {"loss_sum": 0.0, "loss_n": 0, "seconds": 0.0, "images": 0}
                 improved = False
                 validated = self.val_set is not None and (
@@ -807,3 +952,71 @@ def resume(
     tr = Trainer(cfg, console=console, builder=builder, resume=ck)
     tr.setup()
     return tr.fit(run_dir)
+
+
+def drives_in(roots: list[str], regex: str | None = None, limit: int | None = None) -> dict[str, int]:
+    """{drive: images} of dataset folders, from the file names alone (nothing decoded)."""
+    from engines.data import DatasetNotFound
+
+    pattern = compile_group_regex(regex)
+    names = []
+    for r in roots:
+        if not Path(r).is_dir():
+            raise DatasetNotFound(f"dataset folder not found: {r}")
+        names += [img.name for img, _ in list_pairs(Path(r))[: limit or None]]
+    return drive_counts([drive_of(n, pattern) for n in names])
+
+
+def train_folds(
+    cfg: TrainConfig,
+    console=None,
+    builder: Callable[..., nn.Module] | None = None,
+) -> dict[str, TrainResult]:
+    """k-fold by drive: one run per drive of cfg.data (in OUT/fold-DRIVE), each validating on its drive
+    only. Writes OUT/folds.json (per-drive best mIoU, their mean, and what each fold trained on)."""
+    from rich.console import Console
+
+    if cfg.holdout_drive:
+        raise TrainError("--folds-by-drive holds out every drive in turn; do not also give --holdout-drive")
+    if cfg.val_data:
+        raise TrainError("--folds-by-drive validates on each held-out drive; do not also give --val-data")
+    drives = drives_in(cfg.data, cfg.group_regex, cfg.limit)
+    if len(drives) < 2:
+        raise TrainError(
+            f"--folds-by-drive needs at least 2 drives in --data; found {', '.join(drives) or 'none'} "
+            "(see --group-regex)"
+        )
+    console = console or Console(stderr=True)
+    root = new_run_dir(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    results: dict[str, TrainResult] = {}
+    summary: dict[str, Any] = {
+        "group_regex": cfg.group_regex or DEFAULT_GROUP_REGEX,
+        "data": list(cfg.data),
+        "drives": drives,
+        "folds": {},
+    }
+    for drive in drives:
+        console.print(f"[bold]fold {len(results) + 1}/{len(drives)}: holding out drive {drive}")
+        fold_cfg = replace(cfg, holdout_drive=[drive], out=str(root / f"fold-{drive}"))
+        res = train(fold_cfg, console=console, builder=builder)
+        results[drive] = res
+        summary["folds"][drive] = {
+            "val_miou": res.best_miou,
+            "epochs": res.epochs_done,
+            "stopped": res.stopped,
+            "run": str(res.run_dir),
+            "val_images": drives[drive],
+            "train_drives": {d: n for d, n in drives.items() if d != drive},
+        }
+        done = [f["val_miou"] for f in summary["folds"].values()]
+        summary["mean_miou"] = float(np.mean(done))
+        summary["complete"] = len(done) == len(drives)
+        (root / "folds.json").write_text(json.dumps(summary, indent=2))
+        if res.stopped == "interrupted":
+            break
+    rows = ", ".join(f"{d} {100 * f['val_miou']:.1f}" for d, f in summary["folds"].items())
+    console.print(
+        f"leave-one-drive-out mIoU: {rows}; mean {100 * summary['mean_miou']:.1f}% -> {root / 'folds.json'}"
+    )
+    return results

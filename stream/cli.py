@@ -40,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if args.command == "run":
+            # stages are forked from a template process that imports numpy, cv2, onnxruntime, ... once:
+            # start it now so that its imports overlap the run's own preparation (stream.launch)
+            from stream.launch import prestart
+
+            prestart()
         return int(args._run(args) or 0)
     except SegstreamError as e:
         print(f"segstream {args.command}: error: {e}", file=sys.stderr)
@@ -49,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    finally:
+        if args.command == "run":
+            from stream.launch import shutdown
+
+            shutdown()
 
 
 if __name__ == "__main__":

@@ -50,6 +50,8 @@ class PipelineConfig:
     backoff_s: float = 0.5  # first restart delay, doubled per restart in the window
     reorder_timeout_s: float = 0.5  # live: a seq missing this long is dropped and skipped
     lost_timeout_s: float = 60.0  # files: a seq missing this long (after replays) is counted lost
+    remote_timeout_s: float = 60.0  # remote infer: no result this long with frames in flight ends the run
+    term_grace_s: float = 5.0  # a stage told to stop (SIGTERM) gets this long to finalize before SIGKILL
     shm: bool = True  # same-host pixels through the shared-memory ring
     remote_infer: list[str] = field(default_factory=list)  # [in endpoint, out endpoint] for tcp workers
     run_dir: str | None = None  # where ipc sockets and stage logs live (set by the supervisor)
@@ -94,12 +96,16 @@ class PipelineConfig:
             "backoff_s",
             "reorder_timeout_s",
             "lost_timeout_s",
+            "remote_timeout_s",
+            "term_grace_s",
         ):
             v = getattr(self, key)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0:
                 raise bad(key, v, "must be a non-negative number")
         if self.stall_timeout_s <= self.heartbeat_s:
             raise bad("stall_timeout_s", self.stall_timeout_s, "must exceed heartbeat_s")
+        if self.remote_timeout_s <= 0:
+            raise bad("remote_timeout_s", self.remote_timeout_s, "must be a positive number of seconds")
         if not isinstance(self.restart_budget, int) or self.restart_budget < 0:
             raise bad("restart_budget", self.restart_budget, "must be a non-negative integer")
         if not isinstance(self.sinks, list) or not all(isinstance(s, str) and s for s in self.sinks):

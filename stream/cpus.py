@@ -1,22 +1,93 @@
-"""Which processors each stage may use.
+"""How many processors a run may use, and how inference shares them with the other stages.
 
-On a small machine the inference stage and the frame-moving stages (decode, resize, blend, encode) compete
-for the same cores, and every time the scheduler puts an encoder thread on the core that was running
-inference, inference slows down. When the inference thread budget is known (``--threads``) and leaves at
-least one core over, each infer worker gets cores of its own and the other stages share the rest.
-Without ``--threads`` (the backend uses every core) nothing is pinned.
+Measured on the 2-core development machine (bundled model, 480x360, ONNX Runtime, no spinning): one
+inference thread costs ≈ 14 ms of CPU per frame, two threads in one session ≈ 16.5 ms (the pool's wake-ups
+and joins), batches of 2-4 no less per frame. Frames are independent, so the cheapest way to put every core
+to work on a file is one single-threaded infer *process* per core: nothing is pinned, no thread spins, and
+the scheduler hands inference whatever decode, resize, blend and encode leave free, frame by frame. That is
+the budget adapting to the load: a core busy with another stage (or another program) simply runs
+inference less. A live source wants the shortest path for each frame instead: one worker with a thread per
+core. The count of cores is what this process may really use: its affinity mask and, in a container, the
+cgroup CPU quota (a 2-CPU quota on a 64-core host is 2 cores, not 64).
+
+With an explicit ``--threads`` that leaves at least one core over, infer workers get cores of their own
+(``plan``) and the other stages share the rest.
 """
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MAX_FILE_WORKERS = 4  # past this the single decode and encode processes, not inference, set the pace
 
 
 def available() -> list[int]:
+    """Processors this process may run on (its affinity mask)."""
     try:
         return sorted(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return list(range(os.cpu_count() or 1))
+
+
+def cgroup_quota(root: str | Path = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup in cores (``cpu.max`` v2, ``cfs_quota_us`` v1); None if
+    unlimited or unknown."""
+    root = Path(root)
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cores(cpus: list[int] | None = None, quota: float | None = -1.0) -> int:
+    """Cores a run can keep busy: the affinity mask, capped by the cgroup quota (rounded up: a 1.5-CPU
+    quota still runs two threads usefully)."""
+    n = len(available() if cpus is None else cpus)
+    q = cgroup_quota() if quota == -1.0 else quota
+    if q is not None and q > 0:
+        n = min(n, max(1, math.ceil(q)))
+    return max(1, n)
+
+
+@dataclass(frozen=True)
+class Budget:
+    workers: int  # local infer processes
+    threads: int | None  # inference threads per worker (None: the backend's own default)
+
+
+def budget(
+    live: bool,
+    workers: int | None = None,
+    threads: int | None = None,
+    cores: int | None = None,
+) -> Budget:
+    """Infer workers and threads per worker for a run; what the user set is kept, the rest is filled in.
+
+    Files (throughput): one single-threaded worker per core, at most MAX_FILE_WORKERS workers (more cores
+    go to threads). Live (latency): one worker, a thread per core. An explicit worker count splits the
+    cores among those workers; explicit threads alone keep one worker.
+    """
+    n = usable_cores() if cores is None else max(1, cores)
+    if workers is None and threads is None:
+        if live:
+            return Budget(1, n)
+        workers = min(n, MAX_FILE_WORKERS)
+        return Budget(workers, max(1, n // workers))
+    if workers is None:
+        return Budget(1, threads)
+    if threads is None:
+        threads = max(1, n // max(1, workers))
+    return Budget(workers, threads)
 
 
 def plan(threads: int | None, workers: int, cpus: list[int] | None = None) -> dict[str, list[int]] | None:
@@ -31,16 +102,6 @@ def plan(threads: int | None, workers: int, cpus: list[int] | None = None) -> di
     out = {f"infer-{i + 1}": reserved[i * threads : (i + 1) * threads] for i in range(workers)}
     out["other"] = other
     return out
-
-
-def default_threads(live: bool, cpus: list[int] | None = None) -> int | None:
-    """Inference threads when the user gave none. Files want throughput: half the cores (at most 4) for
-    inference, pinned, the rest for decode/blend/encode. Live sources want latency: every core (None lets
-    the backend decide), since a paced source leaves the other stages idle most of the time."""
-    if live:
-        return None
-    n = len(available() if cpus is None else cpus)
-    return max(1, min(4, n // 2)) if n >= 2 else None
 
 
 def pin(cores: list[int] | None) -> None:

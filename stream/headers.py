@@ -28,6 +28,19 @@ class HeaderError(SegstreamError, ValueError):
     """A message on the wire is not a segstream frame message."""
 
 
+def _ints(values: Any, what: str) -> tuple[int, ...]:
+    """A JSON list of integers (a shape), checked: a tcp port may carry anything."""
+    if not isinstance(values, list) or not all(type(v) is int for v in values):
+        raise HeaderError(f"malformed frame header: {what} {values!r} is not a list of integers")
+    return tuple(values)
+
+
+def _counts(values: Any) -> dict[str, int]:
+    if not isinstance(values, dict) or not all(type(v) is int for v in values.values()):
+        raise HeaderError("malformed frame header: drop counters are not integers")
+    return {str(k): v for k, v in values.items()}
+
+
 @dataclass
 class Part:
     name: str
@@ -75,26 +88,39 @@ class FrameHeader:
 
     @classmethod
     def from_bytes(cls, data: bytes | memoryview) -> FrameHeader:
+        """Parse and type-check a header (every field a later stage relies on), or raise HeaderError."""
         try:
             d = json.loads(bytes(data))
+            if not isinstance(d, dict):
+                raise HeaderError("malformed frame header: not a JSON object")
             if d.get("v") != HEADER_VERSION:
                 raise HeaderError(f"frame header version {d.get('v')!r} (expected {HEADER_VERSION})")
+            kind, stream, dtype, extra = d["k"], d["st"], d["dt"], d.get("x", {})
+            if not (isinstance(kind, str) and isinstance(stream, str) and isinstance(dtype, str)):
+                raise HeaderError("malformed frame header: kind, stream and dtype must be strings")
+            if not isinstance(extra, dict):
+                raise HeaderError("malformed frame header: extra is not an object")
+            parts = []
+            for n, shp, t in d.get("p", []):
+                if not (isinstance(n, str) and isinstance(t, str)):
+                    raise HeaderError(f"malformed frame header: part {n!r} has no name/dtype strings")
+                parts.append(Part(n, _ints(shp, f"part {n!r} shape"), t))
             return cls(
-                kind=d["k"],
-                stream=d["st"],
+                kind=kind,
+                stream=stream,
                 seq=int(d["s"]),
                 index=int(d["i"]),
-                ts={k: float(v) for k, v in d["ts"].items()},
+                ts={str(k): float(v) for k, v in d["ts"].items()},
                 slot=int(d["sl"]),
-                shape=tuple(d["sh"]),
-                dtype=d["dt"],
-                drops=dict(d.get("dr", {})),
-                parts=[Part(n, tuple(s), t) for n, s, t in d.get("p", [])],
-                extra=dict(d.get("x", {})),
+                shape=_ints(d["sh"], "shape"),
+                dtype=dtype,
+                drops=_counts(d.get("dr", {})),
+                parts=parts,
+                extra=extra,
             )
         except HeaderError:
             raise
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError) as e:
             raise HeaderError(f"malformed frame header: {e}") from None
 
 
@@ -120,9 +146,17 @@ def decode(frames: list) -> tuple[FrameHeader, dict[str, np.ndarray]]:
     arrays = {}
     for part, fr in zip(header.parts, frames[1:], strict=True):
         buf = fr.buffer if hasattr(fr, "buffer") else fr
-        dt = np.dtype(part.dtype)
-        expected = int(np.prod(part.shape, dtype=np.int64)) * dt.itemsize
+        try:
+            dt = np.dtype(part.dtype)
+        except TypeError:
+            raise HeaderError(f"part {part.name!r}: unknown dtype {part.dtype!r}") from None
+        if dt.hasobject or any(d < 0 for d in part.shape):
+            raise HeaderError(f"part {part.name!r}: dtype {part.dtype!r} shape {part.shape} is not an array")
+        expected = int(np.prod(part.shape, dtype=object)) * dt.itemsize  # no int64 wrap-around
         if len(buf) != expected:
             raise HeaderError(f"part {part.name!r}: {len(buf)} bytes, shape {part.shape} needs {expected}")
-        arrays[part.name] = np.frombuffer(buf, dtype=dt).reshape(part.shape)
+        try:
+            arrays[part.name] = np.frombuffer(buf, dtype=dt).reshape(part.shape)
+        except ValueError as e:  # e.g. a zero-size dtype
+            raise HeaderError(f"part {part.name!r}: {e}") from None
     return header, arrays

@@ -13,6 +13,7 @@ PROTOCOL_VERSION.
 from __future__ import annotations
 
 import json
+import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +31,32 @@ MASK_ENCODINGS = ("raw", "png", "rle")
 CONFIDENCE_ENCODINGS = ("raw", "png")
 # One RLE run: uint32 little-endian run length, then the uint8 class id (5 bytes, packed).
 RLE_DTYPE = np.dtype([("length", "<u4"), ("value", "u1")])
-MAX_SIDE = 1 << 15  # refuse absurd sizes from a hostile or corrupt header before allocating
 CLASSES_REQUEST = b"classes"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a receiver accepts before it allocates anything (docs/PROTOCOL.md section 11).
+
+    A header is checked against these before a payload is decoded, so a 5-byte RLE message cannot
+    announce a 32768x32768 mask, nor a JSON header nest deep enough to exhaust the parser's stack."""
+
+    max_header_bytes: int = 64 * 1024
+    max_depth: int = 8  # JSON nesting; a real header nests 3 deep (parts -> list -> object)
+    max_side: int = 16384
+    max_pixels: int = 7680 * 4320  # 8K UHD: 33 MB per raw mask or confidence plane
+    max_parts: int = 16  # optional parts after the mask
+    max_stream_bytes: int = 256
+
+    @property
+    def max_frame_bytes(self) -> int:
+        """Largest single ZeroMQ frame a client needs (ZMQ_MAXMSGSIZE): a raw plane or a JPEG at the
+        maximum size, with room for a JPEG that compresses worse than raw."""
+        return 2 * self.max_pixels + (1 << 20)
+
+
+LIMITS = Limits()
+MAX_SIDE = LIMITS.max_side
 
 
 class MessageError(SegstreamError):
@@ -102,6 +127,8 @@ def rle_decode(payload: bytes | memoryview, width: int, height: int) -> np.ndarr
     if len(payload) % RLE_DTYPE.itemsize:
         raise MessageError("truncated", f"RLE payload of {len(payload)} bytes is not a multiple of 5")
     runs = np.frombuffer(payload, RLE_DTYPE)
+    if runs.size and not runs["length"].all():
+        raise MessageError("malformed", "RLE run of length 0 (every run covers at least 1 pixel)")
     total = int(runs["length"].sum(dtype=np.uint64))
     if total != width * height:
         raise MessageError("truncated", f"RLE runs cover {total} pixels, header says {width}x{height}")
@@ -117,13 +144,55 @@ def _png_encode(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
 def _png_decode(payload: bytes | memoryview, width: int, height: int, what: str) -> np.ndarray:
     import cv2
 
+    # the IHDR chunk first: its size, depth, colour type and interlace are checked before the decoder
+    # allocates anything (a tiny PNG may announce a huge image)
+    head = bytes(payload[:29])
+    expected = PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR" + struct.pack(">II", width, height) + b"\x08\x00"
+    if len(head) < 29 or head[:26] != expected or head[26:29] != b"\x00\x00\x00":
+        raise MessageError(
+            "malformed", f"{what} part is not a {width}x{height} 8-bit grayscale non-interlaced PNG"
+        )
     img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None or img.dtype != np.uint8 or img.shape != (height, width):
         raise MessageError("malformed", f"{what} part is not a {width}x{height} 8-bit grayscale PNG")
     return img
+
+
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header without decoding it; None when it is not a JPEG."""
+    buf = bytes(data[: 1 << 16])  # the frame header sits in the first few kB of any real JPEG
+    if buf[:3] != b"\xff\xd8\xff":
+        return None
+    i = 2
+    while i + 4 <= len(buf):
+        if buf[i] != 0xFF:
+            return None
+        marker = buf[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(buf[i + 2 : i + 4], "big")
+        if marker in _SOF_MARKERS:
+            if i + 9 > len(buf):
+                return None
+            h, w = struct.unpack(">HH", buf[i + 5 : i + 9])
+            return w, h
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
 
 
 def encode_mask(mask: np.ndarray, encoding: str) -> bytes | memoryview:
@@ -230,13 +299,49 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
 }
 
 
-def decode_header(raw: bytes | memoryview) -> dict[str, Any]:
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a parsed JSON value, giving up past ``limit``."""
+    stack, deepest = [(value, 1)], 0
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, (dict, list)):
+            deepest = max(deepest, d)
+            if deepest > limit:
+                return deepest
+            stack.extend((c, d + 1) for c in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _parse_json_object(raw: bytes | memoryview, what: str, limits: Limits) -> dict[str, Any]:
+    if len(raw) > limits.max_header_bytes:
+        raise MessageError("malformed", f"{what} has {len(raw)} bytes (limit {limits.max_header_bytes})")
     try:
-        header = json.loads(bytes(raw))
+        doc = json.loads(bytes(raw))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise MessageError("malformed", f"header is not JSON ({e})") from None
-    if not isinstance(header, dict):
-        raise MessageError("malformed", "header is not a JSON object")
+        raise MessageError("malformed", f"{what} is not JSON ({e})") from None
+    except RecursionError:  # nesting past the parser's stack: hostile, never a real header
+        raise MessageError("malformed", f"{what} nests deeper than {limits.max_depth} levels") from None
+    if not isinstance(doc, dict):
+        raise MessageError("malformed", f"{what} is not a JSON object")
+    if _depth(doc, limits.max_depth) > limits.max_depth:
+        raise MessageError("malformed", f"{what} nests deeper than {limits.max_depth} levels")
+    return doc
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_HEX = frozenset("0123456789abcdef")
+
+
+def decode_header(raw: bytes | memoryview, limits: Limits = LIMITS) -> dict[str, Any]:
+    """Parse and check a mask header against the protocol and ``limits``; raises MessageError."""
+    header = _parse_json_object(raw, "header", limits)
     version = header.get("version")
     if version != PROTOCOL_VERSION:
         raise MessageError(
@@ -248,41 +353,121 @@ def decode_header(raw: bytes | memoryview) -> dict[str, Any]:
             raise MessageError("malformed", f"header field {key!r} missing or not {typ.__name__}")
     if header["kind"] != KIND_MASK:
         raise MessageError("malformed", f"header kind {header['kind']!r} is not {KIND_MASK!r}")
+
+    def bad(detail: str) -> MessageError:
+        return MessageError("malformed", f"seq {header['seq']}: {detail}")
+
+    if not 0 < len(header["stream"].encode()) <= limits.max_stream_bytes:
+        raise bad(f"stream id must be 1-{limits.max_stream_bytes} bytes")
+    if header["seq"] < 0 or header["frame_index"] < 0:
+        raise bad(f"seq and frame_index must be >= 0 (frame_index {header['frame_index']})")
     w, h = header["width"], header["height"]
-    if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
-        raise MessageError("malformed", f"size {w}x{h} out of range")
+    if not (0 < w <= limits.max_side and 0 < h <= limits.max_side) or w * h > limits.max_pixels:
+        raise bad(f"size {w}x{h} out of range (limits: side {limits.max_side}, {limits.max_pixels} pixels)")
     if header["encoding"] not in MASK_ENCODINGS:
-        raise MessageError("malformed", f"mask encoding {header['encoding']!r} is unknown")
+        raise bad(f"mask encoding {header['encoding']!r} is unknown")
+    if header["mask_bytes"] < 0:
+        raise bad("mask_bytes < 0")
+    if not 1 <= header["num_classes"] <= 256:
+        raise bad(f"num_classes {header['num_classes']} outside 1..256")
+    digest = header["classes_digest"]
+    if len(digest) != 16 or not set(digest) <= _HEX:
+        raise bad("classes_digest is not 16 lowercase hex digits")
+    ts = header["timestamps"]
+    if not all(v is None or _is_number(v) for v in ts.values()) or not _is_number(ts.get("publish")):
+        raise bad("timestamps must be numbers (or null), publish always present")
+    if not all(_is_int(v) and v >= 0 for v in header["drops"].values()):
+        raise bad("drops must be integers >= 0")
+    if len(header["parts"]) > limits.max_parts:
+        raise bad(f"{len(header['parts'])} optional parts (limit {limits.max_parts})")
     for p in header["parts"]:
         if not (
-            isinstance(p, dict) and isinstance(p.get("name"), str) and isinstance(p.get("encoding"), str)
+            isinstance(p, dict)
+            and isinstance(p.get("name"), str)
+            and isinstance(p.get("encoding"), str)
+            and _is_int(p.get("bytes"))
+            and p["bytes"] >= 0
         ):
-            raise MessageError("malformed", "header 'parts' entries need 'name' and 'encoding'")
+            raise bad("header 'parts' entries need 'name', 'encoding' and 'bytes' >= 0")
     return header
 
 
-def decode_mask_message(frames: Sequence[bytes | memoryview]) -> MaskMessage:
-    """Decode a received multipart message; raises MessageError (malformed/truncated/version)."""
+def check_message(frames: Sequence[bytes | memoryview], limits: Limits = LIMITS) -> dict[str, Any]:
+    """The header of a mask message whose framing, header and part sizes are valid (MessageError
+    otherwise), without decoding any payload: cheap enough for every message, even skipped ones."""
     if len(frames) < 3:
         raise MessageError("truncated", f"{len(frames)} parts, expected at least 3 (topic, header, mask)")
-    header = decode_header(frames[1])
+    header = decode_header(frames[1], limits)
     if bytes(frames[0]) != header["stream"].encode():
         raise MessageError(
             "malformed", f"topic {bytes(frames[0])[:40]!r} != header stream {header['stream']!r}"
         )
     parts = header["parts"]
-    if len(frames) != 3 + len(parts):
+    seq = header["seq"]
+    if len(frames) < 3 + len(parts):
         raise MessageError("truncated", f"{len(frames)} parts, header announces {3 + len(parts)}")
+    if len(frames) > 3 + len(parts):  # never a cut-off message: someone added parts it did not announce
+        raise MessageError("malformed", f"seq {seq}: {len(frames)} parts, header announces {3 + len(parts)}")
+    if len(frames[2]) != header["mask_bytes"]:
+        raise MessageError(
+            "truncated",
+            f"seq {seq}: mask part has {len(frames[2])} bytes, header says {header['mask_bytes']}",
+        )
+    for spec, payload in zip(parts, frames[3:], strict=True):
+        if len(payload) != spec["bytes"]:
+            raise MessageError(
+                "truncated",
+                f"seq {seq}: {spec['name']} part has {len(payload)} bytes, header says {spec['bytes']}",
+            )
+    return header
+
+
+def decode_mask_message(frames: Sequence[bytes | memoryview], limits: Limits = LIMITS) -> MaskMessage:
+    """Decode a received multipart message; raises MessageError (malformed/truncated/version).
+
+    Every size is checked against the header and ``limits`` before anything is decoded. Class ids
+    are checked against the class table by ``check_class_ids`` (the header alone cannot say which id
+    is the table's ignore index)."""
+    header = check_message(frames, limits)
+    parts = header["parts"]
+    seq = header["seq"]
     w, h = header["width"], header["height"]
     mask = decode_plane(frames[2], header["encoding"], w, h, "mask")
     msg = MaskMessage(header=header, mask=mask, size=sum(len(f) for f in frames))
     for spec, payload in zip(parts, frames[3:], strict=True):
         if spec["name"] == "confidence":
+            if spec["encoding"] not in CONFIDENCE_ENCODINGS:
+                raise MessageError("malformed", f"seq {seq}: confidence encoding {spec['encoding']!r}")
             msg.confidence = decode_plane(payload, spec["encoding"], w, h, "confidence")
         elif spec["name"] == "overlay" and spec["encoding"] == "jpeg":
+            size = jpeg_size(payload)
+            if size != (w, h):
+                what = "not a JPEG image" if size is None else f"a {size[0]}x{size[1]} JPEG"
+                raise MessageError("malformed", f"seq {seq}: overlay part is {what}, expected {w}x{h}")
             msg.overlay_jpeg = bytes(payload)
         # unknown optional parts are skipped: newer publishers may add parts within a version
     return msg
+
+
+def check_class_ids(msg: MaskMessage, classes: ClassTable) -> None:
+    """Every id must be < num_classes or the table's ignore index (MessageError otherwise), and the
+    header's num_classes must be the table's."""
+    if msg.header["num_classes"] != classes.num_classes:
+        raise MessageError(
+            "malformed",
+            f"seq {msg.seq}: num_classes {msg.header['num_classes']} != class table's {classes.num_classes}",
+        )
+    top = int(msg.mask.max())
+    if top < classes.num_classes:
+        return
+    bad = msg.mask >= classes.num_classes
+    if classes.ignore_index is not None:
+        bad &= msg.mask != classes.ignore_index
+    if bad.any():
+        first = int(msg.mask[bad][0])
+        raise MessageError(
+            "malformed", f"seq {msg.seq}: class id {first} >= num_classes {classes.num_classes} (not ignore)"
+        )
 
 
 # ------------------------------------------------------------------------------ class-table replies
@@ -301,16 +486,19 @@ def encode_classes_reply(stream: str, classes: ClassTable) -> bytes:
     ).encode()
 
 
-def decode_classes_reply(raw: bytes) -> ClassTable:
+def decode_classes_reply(raw: bytes, limits: Limits = LIMITS) -> ClassTable:
+    """The class table from a reply; MessageError when it is unreadable or its digest does not match."""
+    doc = _parse_json_object(raw, "class-table reply", limits)
+    if doc.get("kind") != KIND_CLASSES or doc.get("version") != PROTOCOL_VERSION:
+        raise MessageError(
+            "version", f"class-table reply kind/version {doc.get('kind')!r}/{doc.get('version')!r}"
+        )
     try:
-        doc = json.loads(raw)
-        if doc.get("kind") != KIND_CLASSES or doc.get("version") != PROTOCOL_VERSION:
-            raise MessageError(
-                "version", f"class-table reply kind/version {doc.get('kind')!r}/{doc.get('version')!r}"
-            )
         table = ClassTable.from_dict(doc["classes"])
-    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, KeyError, MetadataError) as e:
+    except (AttributeError, KeyError, TypeError, ValueError, MetadataError) as e:
         raise MessageError("malformed", f"class-table reply unreadable ({e})") from None
+    if not 1 <= table.num_classes <= 256:
+        raise MessageError("malformed", f"class table has {table.num_classes} classes (1..256)")
     if table.digest() != doc.get("digest"):
         raise MessageError("malformed", "class-table reply digest does not match its table")
     return table
@@ -321,9 +509,10 @@ def decode_classes_reply(raw: bytes) -> ClassTable:
 KIND_END = "segstream.end"
 
 
-def encode_end_message(stream: str, last_seq: int, frames: int) -> list[bytes]:
-    """Sent once when the publisher closes, so recorders know the stream is complete."""
-    head = {
+def encode_end_message(stream: str, last_seq: int, frames: int, reason: str | None = None) -> list[bytes]:
+    """Sent once when the publisher closes, so recorders know the stream is complete; with ``reason``
+    to one recorder that is being dropped (its recording ends there, incomplete)."""
+    head: dict[str, Any] = {
         "kind": KIND_END,
         "version": PROTOCOL_VERSION,
         "stream": stream,
@@ -331,6 +520,8 @@ def encode_end_message(stream: str, last_seq: int, frames: int) -> list[bytes]:
         "frames": int(frames),
         "timestamps": {"publish": time.time()},
     }
+    if reason is not None:
+        head["reason"] = reason
     return [stream.encode(), json.dumps(head, separators=(",", ":")).encode()]
 
 
@@ -339,10 +530,10 @@ def end_header(frames: Sequence[bytes | memoryview]) -> dict[str, Any] | None:
     if len(frames) != 2:
         return None
     try:
-        head = json.loads(bytes(frames[1]))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        head = _parse_json_object(frames[1], "end message", LIMITS)
+    except MessageError:
         return None
-    if isinstance(head, dict) and head.get("kind") == KIND_END and head.get("version") == PROTOCOL_VERSION:
+    if head.get("kind") == KIND_END and head.get("version") == PROTOCOL_VERSION:
         return head
     return None
 
@@ -353,13 +544,18 @@ def end_header(frames: Sequence[bytes | memoryview]) -> dict[str, Any] | None:
 @dataclass(frozen=True)
 class Endpoints:
     """Where one mask stream lives: PUB (lossy) on ``port``, the class table (REP) on ``classes_port``,
-    the lossless recorder endpoint (ROUTER with credit) on ``lossless_port`` (None = off)."""
+    the lossless recorder endpoint (ROUTER with credit) on ``lossless_port`` (None = off).
+
+    ``lossless_port`` is where a client looks for recorders (PORT+2 unless the spec says otherwise);
+    a publisher binds it only when ``lossless_requested`` (``lossless=on|PORT`` in its spec): an
+    endpoint nobody asked for is one more way in."""
 
     host: str
     port: int
     classes_port: int
     lossless_port: int | None
     options: dict[str, str]
+    lossless_requested: bool = False
 
     def tcp(self, port: int, *, bind: bool = False) -> str:
         host = self.host
@@ -374,10 +570,15 @@ class Endpoints:
         return self.host in ("*", "0.0.0.0", "::")
 
 
-def parse_endpoint(spec: str, *, default_host: str = "127.0.0.1") -> Endpoints:
-    """``[zmq-pub://|tcp://]HOST:PORT[?classes=P&lossless=P|off&...]`` -> Endpoints.
+_OFF = ("off", "no", "0", "false")
+_ON = ("on", "yes", "1", "true")
 
-    Defaults: classes on PORT+1, lossless on PORT+2. Unknown options are kept for the caller."""
+
+def parse_endpoint(spec: str, *, default_host: str = "127.0.0.1") -> Endpoints:
+    """``[zmq-pub://|tcp://]HOST:PORT[?classes=P&lossless=on|P|off&...]`` -> Endpoints.
+
+    Defaults: classes on PORT+1; the lossless endpoint is PORT+2 (``lossless=on``) or P, and is
+    requested only when the spec names it. Unknown options are kept for the caller."""
     from urllib.parse import parse_qsl, urlsplit
 
     text = spec.strip()
@@ -397,8 +598,14 @@ def parse_endpoint(spec: str, *, default_host: str = "127.0.0.1") -> Endpoints:
             raise ValueError("no port")
         opts = dict(parse_qsl(u.query, keep_blank_values=True))
         classes_port = int(opts.pop("classes", port + 1))
-        ll = opts.pop("lossless", str(port + 2))
-        lossless_port = None if ll.lower() in ("off", "no", "0", "false") else int(ll)
+        ll = opts.pop("lossless", None)
+        requested = ll is not None and ll.lower() not in _OFF
+        if ll is not None and ll.lower() in _OFF:
+            lossless_port = None
+        elif ll is None or ll.lower() in _ON:
+            lossless_port = port + 2
+        else:
+            lossless_port = int(ll)
     except ValueError as e:
         raise SegstreamError(
             f"mask endpoint {spec!r}: {e} (expected e.g. zmq-pub://127.0.0.1:5555)"
@@ -406,4 +613,4 @@ def parse_endpoint(spec: str, *, default_host: str = "127.0.0.1") -> Endpoints:
     for p in (port, classes_port, lossless_port or 1):
         if not 0 < p < 65536:
             raise SegstreamError(f"mask endpoint {spec!r}: port {p} out of range")
-    return Endpoints(host, port, classes_port, lossless_port, opts)
+    return Endpoints(host, port, classes_port, lossless_port, opts, requested)

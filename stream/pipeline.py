@@ -6,7 +6,10 @@ Graph (same host; ``ipc`` sockets live in a private run directory)::
        ^                                                                 |
        +------------------------------ acks (credits) ------------------+
 
-Pixels stay in the shared-memory ring; sockets carry headers (and masks, which are small).
+Pixels stay in the shared-memory ring; sockets carry headers (and masks, which are small). The ring's
+frame regions are sized from the source when it can be probed cheaply (file, image folder, synthetic;
+1080p otherwise); a frame larger than its slot travels inline and still holds the slot (its credit and
+its model input), so any size works, 4K included.
 With ``remote_infer`` the inputs PUSH also binds a tcp address and the results PULL another, so
 ``segstream worker infer`` processes on other hosts join the same load-balanced pool; inputs then
 travel inline.
@@ -14,6 +17,7 @@ travel inline.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import tempfile
@@ -25,7 +29,53 @@ from stream.config import PipelineConfig
 from stream.stages.base import StageContext
 from stream.supervisor import Outcome, StageProc, Supervisor
 
-FRAME_CAPACITY = 1920 * 1080 * 3  # ring slot size for frames; larger frames travel inline
+FRAME_CAPACITY = 1920 * 1080 * 3  # ring frame region when the source's size is unknown (camera, network)
+RUN_DIR_PREFIX = "segstream-run-"  # + "<supervisor pid>-": the next run removes folders of dead pids
+
+
+def probe_source(cfg: PipelineConfig):
+    """Open and close the source once when that is cheap and harmless (file, image folder, synthetic):
+    a missing or unreadable input is reported before any process starts, and the ring can be sized for
+    the source's frames. Cameras and network streams are left to capture (a second open may fail or take
+    seconds); None for them."""
+    from stream.sources.file import FileSource
+    from stream.sources.images import ImageSource
+    from stream.sources.synthetic import SyntheticSource
+    from stream.uri import open_source
+
+    src = open_source(cfg.source)
+    if not isinstance(src, (FileSource, ImageSource, SyntheticSource)):
+        return None
+    try:
+        return src.open()
+    finally:
+        src.close()
+
+
+def remove_orphan_run_dirs(tmp: str | None = None) -> list[str]:
+    """Remove run folders whose supervisor (pid in the name) is gone: a whole process group killed with
+    SIGKILL leaves nobody to clean up, so the next run does (as for shared-memory segments)."""
+    removed = []
+    base = Path(tmp or tempfile.gettempdir())
+    try:
+        entries = list(base.glob(RUN_DIR_PREFIX + "*"))
+    except OSError:
+        return removed
+    for d in entries:
+        try:
+            pid = int(d.name[len(RUN_DIR_PREFIX) :].split("-", 1)[0])
+            if not d.is_dir() or d.is_symlink() or d.stat().st_uid != os.getuid():
+                continue
+        except (ValueError, OSError):
+            continue  # not ours to judge (no pid in the name, someone else's folder)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(str(d))
+        except PermissionError:
+            pass  # alive, another user's process
+    return removed
 
 
 def probe_model(cfg: PipelineConfig) -> dict[str, Any]:
@@ -39,6 +89,13 @@ def probe_model(cfg: PipelineConfig) -> dict[str, Any]:
         raise ConfigError(
             f"config key 'backend' = {cfg.backend!r}: the model file {cfg.model} is a {backend} model"
         )
+    # an ONNX file's metadata is read from the file alone: no session here, the infer stage builds the
+    # only one (import + graph optimization cost ~0.2 s of start-up otherwise)
+    from engines.runtime.probe import probe
+
+    light = probe(cfg.model)
+    if light is not None:
+        return light
     rt = load(cfg.model, device="cpu" if backend == "onnxruntime" else cfg.device, threads=1)
     try:
         return {
@@ -51,21 +108,32 @@ def probe_model(cfg: PipelineConfig) -> dict[str, Any]:
         rt.close()
 
 
-def ring_layout(cfg: PipelineConfig, model: dict[str, Any]):
+def ring_layout(cfg: PipelineConfig, model: dict[str, Any], frame_size: tuple[int, int] | None = None):
+    """Slots sized for the source's frames (``frame_size`` = (w, h) when probed, else up to 1080p); a
+    frame that does not fit a slot travels inline but still holds its slot (credit and model input)."""
     from engines.meta import ModelMeta
     from stream.shm import RingLayout
 
     meta = ModelMeta.from_json(model["meta"])
     w, h = meta.input_size
     input_bytes = w * h * meta.channels * (1 if model["wants_uint8"] else 4)
-    layout = RingLayout(slots=cfg.slots, frame_bytes=FRAME_CAPACITY, input_bytes=input_bytes)
+    frame_bytes = frame_size[0] * frame_size[1] * 3 if frame_size else FRAME_CAPACITY
     free = shutil.disk_usage("/dev/shm").free if Path("/dev/shm").is_dir() else 0
-    if layout.total_bytes > free * 0.8:  # a full tmpfs would SIGBUS the writer: go inline instead
-        print(
-            f"segstream: /dev/shm has {free >> 20} MiB free; sending frames through sockets", file=sys.stderr
-        )
-        return None
-    return layout
+    # a full tmpfs would SIGBUS the writer: without room for the frames, the slots keep only the model
+    # inputs and frames travel through the sockets
+    for frame_cap in (frame_bytes, 0):
+        layout = RingLayout(slots=cfg.slots, frame_bytes=frame_cap, input_bytes=input_bytes)
+        if layout.total_bytes <= free * 0.8:
+            if frame_cap != frame_bytes:
+                print(
+                    f"segstream: /dev/shm has {free >> 20} MiB free; sending frames through sockets",
+                    file=sys.stderr,
+                )
+            return layout
+    print(
+        f"segstream: /dev/shm has {free >> 20} MiB free; sending everything through sockets", file=sys.stderr
+    )
+    return None
 
 
 def build(cfg: PipelineConfig, model: dict[str, Any], run_dir: Path, ring) -> list[StageProc]:
@@ -135,16 +203,24 @@ def build(cfg: PipelineConfig, model: dict[str, Any], run_dir: Path, ring) -> li
     return stages
 
 
-def run_pipeline(cfg: PipelineConfig, on_progress=None, model: dict[str, Any] | None = None) -> Outcome:
-    """Run one pipeline to the end (or to Ctrl-C); the run directory and the ring are always removed."""
+def run_pipeline(
+    cfg: PipelineConfig,
+    on_progress=None,
+    model: dict[str, Any] | None = None,
+    source=None,
+) -> Outcome:
+    """Run one pipeline to the end (or to Ctrl-C); the run directory and the ring are always removed.
+    ``source`` is ``probe_source``'s SourceInfo when the caller has it (sizes the ring)."""
     from stream.shm import FrameRing, remove_orphans
 
     remove_orphans()  # segments of supervisors that were SIGKILLed before their tracker could run
+    remove_orphan_run_dirs()
     model = model or probe_model(cfg)
-    run_dir = Path(tempfile.mkdtemp(prefix="segstream-run-"))
+    run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
     ring = None
     try:
-        layout = ring_layout(cfg, model) if cfg.shm else None
+        size = (source.width, source.height) if source is not None and source.width > 0 else None
+        layout = ring_layout(cfg, model, size) if cfg.shm else None
         if layout is not None:
             ring = FrameRing.create(layout)
         stages = build(cfg, model, run_dir, ring)

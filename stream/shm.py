@@ -175,12 +175,15 @@ class SlotLedger:
     """Capture's book of slots: which are free, which seq holds which slot, since when.
 
     A slot goes out with a seq and comes back when that seq is acknowledged downstream. Unacknowledged
-    entries keep what is needed to re-send the frame after a stage restart.
+    entries keep what is needed to re-send the frame after a stage restart: the header alone when the
+    pixels are in the slot, the whole message when they travelled inline (a frame larger than the slot's
+    frame region still takes a slot: its credit, and the room for its prepared model input).
     """
 
     def __init__(self, slots: int) -> None:
         self.free: list[int] = list(range(slots))[::-1]
-        self.out: dict[int, tuple[int, float, bytes]] = {}  # seq -> (slot, sent at, header bytes)
+        # seq -> (slot, sent at, what to re-send: header bytes, or every part of an inline message)
+        self.out: dict[int, tuple[int, float, bytes | list[bytes]]] = {}
 
     def take(self) -> int | None:
         return self.free.pop() if self.free else None
@@ -188,8 +191,8 @@ class SlotLedger:
     def give_back(self, slot: int) -> None:
         self.free.append(slot)
 
-    def sent(self, seq: int, slot: int, header: bytes) -> None:
-        self.out[seq] = (slot, time.monotonic(), header)
+    def sent(self, seq: int, slot: int, message: bytes | list[bytes]) -> None:
+        self.out[seq] = (slot, time.monotonic(), message)
 
     def ack(self, seq: int) -> bool:
         entry = self.out.pop(seq, None)
@@ -202,8 +205,8 @@ class SlotLedger:
     def in_flight(self) -> int:
         return len(self.out)
 
-    def unacked(self) -> list[tuple[int, bytes]]:
-        """(seq, header) of every frame still out, oldest first."""
+    def unacked(self) -> list[tuple[int, bytes | list[bytes]]]:
+        """(seq, what ``sent`` stored) of every frame still out, oldest first."""
         return [(s, e[2]) for s, e in sorted(self.out.items())]
 
 

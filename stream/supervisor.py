@@ -1,11 +1,22 @@
 """Start every stage process, watch heartbeats, restart with backoff, shut down cleanly.
 
-Stages are ``python -m stream worker STAGE --context FILE`` subprocesses; their output goes to one
-log file each, whose last lines are printed when the supervisor gives up on a stage.
+Stages are ``python -m stream worker STAGE --context FILE`` processes, started by a launcher
+(stream.launch: forked from a template process that imported everything once, or fresh interpreters);
+their output goes to one log file each, whose last lines are printed when the supervisor gives up on a
+stage.
 
 Restart policy: a stage that exits unexpectedly or sends no heartbeat for ``stall_timeout_s`` is
-killed and restarted after ``backoff_s * 2**(n-1)``; more than ``restart_budget`` restarts within
-``restart_window_s`` and the run fails (non-zero exit, stage named, its last log lines shown).
+restarted after ``backoff_s * 2**(n-1)``; more than ``restart_budget`` restarts within
+``restart_window_s`` and the run fails (non-zero exit, stage named, its last log lines shown). A stalled
+stage is stopped with SIGTERM (and SIGCONT, should it be stopped) and gets ``term_grace_s`` to finalize
+its outputs before SIGKILL: an overlay that stalls on a file still leaves a playable mp4. A restarted
+overlay (live source) writes its video to the next segment file (out.001.mp4, ...); the summary counts
+the frames of every instance.
+
+Remote infer workers (``--remote-infer``) are not the supervisor's children: preprocess reports each one
+whose connection drops, and capture re-sends the frames in flight (files). With frames in flight and no
+result for ``stall_timeout_s`` they are re-sent again; for ``remote_timeout_s`` the run ends with an
+error naming the endpoint, so a run never waits forever for a worker.
 
 Frames in flight when a stage dies (file sources): capture still holds their slots (no ack came
 back), so once the new instance is up the supervisor tells capture to ``replay`` them; the overlay
@@ -14,9 +25,12 @@ Live sources do not replay (stale frames are worthless): the overlay skips the g
 Capture and overlay own the source and the sinks; for file sources they are not restartable (the
 mp4 cannot be resumed) and their crash ends the run with the error shown.
 
-Shutdown (SIGINT/SIGTERM, first time): capture stops reading and sends EOS; everything in flight is
-written; sinks are finalized; exit 0. A second signal stops at once (sinks are still closed by
-the overlay stage's SIGTERM path). The ring is unlinked on every exit path.
+Shutdown (SIGINT/SIGTERM, first time): capture stops reading and sends EOS (the drain is repeated until
+capture has it: a stage may still be connecting); everything in flight is written; sinks are finalized;
+exit 0. A signal before every stage has reported in stops at once: nothing has been read or written
+yet, and stages still loading a model are terminated rather than waited for. A second signal stops at
+once (sinks are still closed by the overlay stage's SIGTERM path). The ring is unlinked on every exit
+path.
 """
 
 from __future__ import annotations
@@ -25,7 +39,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from collections import deque
@@ -34,6 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream.launch import Launcher, StageHandle
 from stream.metrics import RunMetrics
 from stream.stages.base import StageContext
 
@@ -42,7 +56,7 @@ from stream.stages.base import StageContext
 class StageProc:
     ctx: StageContext
     restartable: bool = True
-    proc: subprocess.Popen | None = None
+    proc: StageHandle | None = None
     started: float = 0.0
     last_seen: float | None = None
     restarts: deque = field(default_factory=deque)
@@ -50,6 +64,9 @@ class StageProc:
     needs_replay: bool = False
     exited: bool = False
     log_path: Path | None = None
+    spawns: int = 0  # instances started so far
+    term_at: float | None = None  # stalled: when SIGTERM was sent (SIGKILL after the grace)
+    term_why: str = ""
 
     @property
     def name(self) -> str:
@@ -66,6 +83,7 @@ class Outcome:
     message: str | None = None
     interrupted: bool = False
     fatal: bool = False  # a user error reported by a stage (bad file, unwritable output)
+    files: list[str] = field(default_factory=list)  # video files written (every overlay instance's)
 
 
 class Supervisor:
@@ -78,8 +96,12 @@ class Supervisor:
         ctl_down: str,
         ring=None,
         on_progress: Callable[[RunMetrics, dict[str, Any]], None] | None = None,
+        launcher: Launcher | None = None,
     ) -> None:
+        from stream import launch
+
         self.cfg = cfg
+        self.launcher = launcher or launch.default()
         self.stages = {s.name: s for s in stages}
         self.run_dir = run_dir
         self.ctl_up_ep = ctl_up
@@ -94,31 +116,30 @@ class Supervisor:
         self.drain_sent = False
         self.t_go: float | None = None  # when every stage was up and capture was told to start
         self._last_go = 0.0
+        self._last_drain = 0.0
+        # what overlay instances that were restarted wrote (live sources): the summary counts it all
+        self.written_before = 0
+        self.files_before: list[str] = []
+        # remote infer workers: progress watch and re-sends
+        self._progress = (-1, 0.0)  # (frames written, when that count was first seen)
+        self._resent_at = 0.0
+        self._replay_at: float | None = None
+        self._told_waiting = False
 
     # -- processes ------------------------------------------------------------------------------
     def spawn(self, sp: StageProc) -> None:
         ctx_path = self.run_dir / f"{sp.name}.json"
         sp.ctx.parent_pid = os.getpid()
+        sp.ctx.instance = sp.spawns
+        sp.spawns += 1
         ctx_path.write_text(sp.ctx.to_json())
         sp.log_path = self.run_dir / f"{sp.name}.log"
-        log = open(sp.log_path, "ab")  # noqa: SIM115 - handed to the child
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        # the child must import this very package, installed or not
-        root = str(Path(__file__).resolve().parents[1])
-        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        sp.proc = subprocess.Popen(
-            [sys.executable, "-m", "stream", "worker", sp.ctx.stage, "--context", str(ctx_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=os.getcwd(),
-        )
-        log.close()
+        sp.proc = self.launcher.start(sp.ctx.stage, ctx_path, sp.log_path)
         sp.started = time.monotonic()
         sp.last_seen = None
         sp.exited = False
         sp.restart_at = None
+        sp.term_at = None
 
     def last_lines(self, sp: StageProc, n: int = 12) -> list[str]:
         try:
@@ -152,12 +173,31 @@ class Supervisor:
             self.fatal = (name, msg.get("message", "failed"))
         elif kind == "done":
             self.done = msg
+        elif kind == "notice":  # something the user should see now, not in a log deleted at the end
+            print(f"segstream: {msg.get('message', '')}", file=sys.stderr)
+        elif kind == "peer_lost":
+            self.peer_lost(msg)
         if sp is not None and sp.needs_replay and kind in ("hb", "ready"):
             sp.needs_replay = False
             self.broadcast("replay", to="capture")
 
     def on_signal(self, signum, frame) -> None:
         self.signals += 1
+
+    def is_live(self) -> bool:
+        return bool(self.info.get("capture", {}).get("source", {}).get("live"))
+
+    def peer_lost(self, msg: dict[str, Any]) -> None:
+        """A remote infer worker's connection dropped: the frames it held went with it (files: re-send)."""
+        live = self.is_live()
+        print(
+            f"segstream: an infer worker on {msg.get('endpoint', '?')} went away "
+            f"({msg.get('connected', 0)} still connected)"
+            + ("" if live else "; the frames in flight will be re-sent"),
+            file=sys.stderr,
+        )
+        if not live:  # at most one re-send a second, however many connections drop
+            self._replay_at = max(time.monotonic(), self._resent_at + 1.0)
 
     # -- main loop ------------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -176,11 +216,16 @@ class Supervisor:
                 self.spawn(sp)
             outcome = self.watch(t0)
         finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-            self.stop_all()
+            try:
+                self.stop_all()  # our handlers stay in place: a Ctrl-C here must not skip the reaping
+            finally:
+                for s, h in old.items():
+                    signal.signal(s, h)
             if outcome is not None:  # the exit reports carry each stage's final counters
+                if self.done is None:  # a failed or cut-short run: what the overlay wrote up to its exit
+                    outcome.frames = self.frames_written()
                 outcome.report = self.metrics.report(outcome.frames, outcome.wall_s)
+                outcome.files = self.files_written()
             zctx.destroy(linger=0)
             if self.ring is not None:
                 self.ring.close()
@@ -194,7 +239,8 @@ class Supervisor:
         last_progress = 0.0
         drain_deadline = None
         while True:
-            if poller.poll(100):
+            # once the overlay is done only its exit is awaited: look more often than every 100 ms
+            if poller.poll(100 if self.done is None else 5):
                 while True:
                     try:
                         raw = self.up.recv(zmq.NOBLOCK)
@@ -205,11 +251,18 @@ class Supervisor:
                     except ValueError:
                         pass
             now = time.monotonic()
+            if self.signals and self.t_go is None:
+                # not every stage is up: nothing was read yet, so there is nothing to drain or finalize
+                return self.outcome(t0, ok=True, interrupted=True, message="interrupted during start-up")
             self.maybe_go(now)
             if self.signals and not self.drain_sent:
                 self.drain_sent = True
-                self.broadcast("drain", to="capture")
                 drain_deadline = now + max(10.0, 2 * self.cfg.stall_timeout_s)
+            # repeated until capture has it: PUB drops what a SUB that is still joining has not seen
+            capture_eos = self.info.get("capture", {}).get("eos")
+            if self.drain_sent and not capture_eos and now - self._last_drain >= 0.5:
+                self._last_drain = now
+                self.broadcast("drain", to="capture")
             if self.signals >= 2 or (drain_deadline is not None and now > drain_deadline):
                 return self.outcome(
                     t0, ok=True, interrupted=True, message="stopped before the drain finished"
@@ -222,7 +275,7 @@ class Supervisor:
                 return self.outcome(t0, ok=True, interrupted=bool(self.signals))
             if self.done is not None:
                 continue  # overlay finished its sinks and is exiting
-            failed = self.check_stages(now)
+            failed = self.check_stages(now) or self.watch_remote(now)
             if failed is not None:
                 return failed
             if self.on_progress and now - last_progress >= 0.25:
@@ -249,7 +302,15 @@ class Supervisor:
                 continue
             code = sp.proc.poll()
             why = None
-            if code is not None:
+            if sp.term_at is not None:  # stalled and told to stop: let it finalize, within the grace
+                if code is None and now - sp.term_at < self.cfg.term_grace_s:
+                    continue
+                if code is None:
+                    sp.proc.kill()
+                    sp.proc.wait()
+                self.drain_messages()  # its exit report (final counters)
+                why, sp.term_at = sp.term_why, None
+            elif code is not None:
                 # a fatal message may still be in flight: give it a moment before blaming a crash
                 time.sleep(0.2)
                 self.drain_messages()
@@ -260,15 +321,70 @@ class Supervisor:
                 limit = self.cfg.startup_timeout_s if sp.last_seen is None else self.cfg.stall_timeout_s
                 since = sp.started if sp.last_seen is None else sp.last_seen
                 if now - since > limit:
-                    why = f"sent no heartbeat for {now - since:.1f} s"
-                    sp.proc.kill()
-                    sp.proc.wait()
-            if why is None:
+                    # SIGTERM first: the stage's exit path closes its sinks (an mp4 gets its index)
+                    sp.term_why = f"sent no heartbeat for {now - since:.1f} s"
+                    sp.term_at = now
+                    self.terminate(sp.proc)
                 continue
             self.metrics.instance_died(sp.name)
             out = self.schedule_restart(sp, why, now)
             if out is not None:
                 return out
+        return None
+
+    @staticmethod
+    def terminate(proc: StageHandle) -> None:
+        """SIGTERM, and SIGCONT so that a stopped process runs its handler now rather than never."""
+        try:
+            proc.terminate()
+            proc.send_signal(signal.SIGCONT)  # checks that the pid is still this stage's
+        except (ProcessLookupError, OSError):
+            pass
+
+    def watch_remote(self, now: float) -> Outcome | None:
+        """Remote infer workers: re-send what a vanished worker held; never wait for results forever."""
+        if not self.cfg.remote_infer or self.t_go is None or self.signals:
+            return None
+        live = self.is_live()
+        if self._replay_at is not None and now >= self._replay_at:
+            self._replay_at = None
+            self._resent_at = now
+            self.broadcast("replay", to="capture")
+        written = self.written_before + int(self.info.get("overlay", {}).get("written", 0))
+        in_flight = int(self.metrics.stages.get("capture", {}).get("queue_depth", 0))
+        remote = self.info.get("preprocess", {}).get("remote", {})
+        endpoint = remote.get("endpoint", self.cfg.remote_infer[0])
+        if remote.get("connected"):
+            self._told_waiting = False
+        if written != self._progress[0] or in_flight == 0:
+            self._progress = (written, now)
+            return None
+        idle = now - self._progress[1]
+        if not self._told_waiting and not remote.get("connected") and self.cfg.workers == 0 and idle > 2.0:
+            self._told_waiting = True  # once per wait: frames are queued and nobody takes them
+            print(
+                f"segstream: waiting for an infer worker to connect to {endpoint} (segstream worker infer "
+                f"--in ... --out ...); the run ends after {self.cfg.remote_timeout_s:g} s without one",
+                file=sys.stderr,
+            )
+        if idle >= self.cfg.remote_timeout_s:
+            return self.outcome(
+                time.monotonic(),
+                ok=False,
+                message=(
+                    f"no result from any infer worker for {idle:.0f} s with {in_flight} frames in flight "
+                    f"({remote.get('connected', 0)} worker(s) connected to {endpoint}); "
+                    "start `segstream worker infer` or raise --remote-timeout"
+                ),
+            )
+        if not live and now - max(self._resent_at, self._progress[1]) >= self.cfg.stall_timeout_s:
+            # a worker that hangs keeps its connection: what it holds comes back only this way
+            print(
+                f"segstream: no result for {idle:.0f} s with {in_flight} frames in flight; re-sending them",
+                file=sys.stderr,
+            )
+            self._resent_at = now
+            self.broadcast("replay", to="capture")
         return None
 
     def drain_messages(self) -> None:
@@ -301,6 +417,10 @@ class Supervisor:
             return self.outcome(time.monotonic(), ok=False, failed_stage=sp.name, message=f"{why}; {reason}")
         sp.restarts.append(now)
         self.metrics.restarts[sp.name] = self.metrics.restarts.get(sp.name, 0) + 1
+        if sp.ctx.stage == "overlay":  # what this instance wrote stays written (its own segment file)
+            ov = self.info.pop(sp.name, {})
+            self.written_before += int(ov.get("written", 0))
+            self.files_before += [f for f in ov.get("files", []) if f not in self.files_before]
         delay = self.cfg.backoff_s * 2 ** (len(sp.restarts) - 1)
         print(f"segstream: stage {sp.name} {why}; restarting in {delay:.1f} s", file=sys.stderr)
         sp.restart_at = now + delay
@@ -308,9 +428,19 @@ class Supervisor:
             sp.ctx.seq_start = int(self.info.get("capture", {}).get("sent", 0)) + self.cfg.slots + 1
         return None
 
-    def outcome(self, t0: float, ok: bool, **kw: Any) -> Outcome:
+    def files_written(self) -> list[str]:
+        files = list(self.files_before)
+        for f in self.info.get("overlay", {}).get("files", []):
+            if f not in files:
+                files.append(f)
+        return files
+
+    def frames_written(self) -> int:
         ov = self.info.get("overlay", {})
-        frames = int((self.done or {}).get("written", ov.get("written", 0)))
+        return self.written_before + int((self.done or {}).get("written", ov.get("written", 0)))
+
+    def outcome(self, t0: float, ok: bool, **kw: Any) -> Outcome:
+        frames = self.frames_written()
         if self.done and self.done.get("metrics"):
             self.metrics.update("overlay", self.done["metrics"])
         # throughput counts from "go" (all stages up, model loaded), not from process start
@@ -318,17 +448,18 @@ class Supervisor:
         return Outcome(ok=ok, frames=frames, wall_s=wall, report=self.metrics.report(frames, wall), **kw)
 
     def stop_all(self) -> None:
-        """stop -> wait -> SIGTERM -> wait -> SIGKILL; every child is reaped."""
-        procs = [sp.proc for sp in self.stages.values() if sp.proc is not None]
-        try:
-            self.broadcast("stop")
-        except Exception:  # noqa: BLE001 - the socket may be gone already
-            pass
-        self._wait(procs, 3.0)
+        """stop -> wait -> SIGTERM -> grace -> SIGKILL; every child is reaped. A stage that never reported
+        in is not listening yet (loading a model) and holds no output: it gets SIGTERM at once."""
+        live = [sp for sp in self.stages.values() if sp.proc is not None]
+        procs = [sp.proc for sp in live]
+        for sp in live:
+            if sp.last_seen is None and sp.proc.poll() is None:
+                self.terminate(sp.proc)
+        self._wait(procs, 3.0, stop=True, until_signals=2)  # a second Ctrl-C: SIGTERM now
         for p in procs:
             if p.poll() is None:
-                p.terminate()
-        self._wait(procs, 3.0)
+                self.terminate(p)
+        self._wait(procs, self.cfg.term_grace_s, until_signals=3)  # a third: SIGKILL now
         for p in procs:
             if p.poll() is None:
                 p.kill()
@@ -341,14 +472,23 @@ class Supervisor:
         except Exception:  # noqa: BLE001
             pass
 
-    @staticmethod
-    def _wait(procs: list[subprocess.Popen], timeout: float) -> None:
+    def _wait(
+        self, procs: list[StageHandle], timeout: float, stop: bool = False, until_signals: int = 0
+    ) -> None:
+        """Until every process exited, ``timeout`` passed or ``until_signals`` signals came; with ``stop``,
+        the stop command is repeated (a stage whose control socket is still joining would miss one)."""
         end = time.monotonic() + timeout
-        for p in procs:
-            try:
-                p.wait(max(0.0, end - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
+        last = 0.0
+        while any(p.poll() is None for p in procs) and time.monotonic() < end:
+            if until_signals and self.signals >= until_signals:
+                return
+            if stop and time.monotonic() - last >= 0.5:
+                last = time.monotonic()
+                try:
+                    self.broadcast("stop")
+                except Exception:  # noqa: BLE001 - the socket may be gone already
+                    pass
+            time.sleep(0.02)
 
     def cleanup(self) -> None:
         shutil.rmtree(self.run_dir, ignore_errors=True)

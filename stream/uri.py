@@ -9,8 +9,11 @@ Source URIs::
     webcam:0  webcam:0?size=1280x720&fps=30  /dev/video0
     clip.mp4  file:clip.mkv  file:clip.mp4?loop=1
     rtsp://...  rtsps://...  rtmp://...  http(s)://...  tcp://...  udp://...  srt://...
-        segstream options (reconnect, timeout, open_timeout, backoff_min, backoff_max) are taken out of the
-        query; the rest of the URL goes to FFmpeg untouched.
+        segstream options (reconnect, timeout, open_timeout, backoff_min, backoff_max, live) are taken out
+        of the query; the rest of the URL goes to FFmpeg untouched. reconnect=N: retries after the first
+        failed reconnect attempt before the run fails (-1: never give up; default 10). live=1/0: read as a
+        live stream / as a file (default: an http(s) URL whose server gives a size and a finite duration
+        is a file, anything else is live).
     images:DIR  DIR  'frames/*.png'  images:DIR?fps=10
 
 Sink specs::
@@ -42,7 +45,10 @@ WRITABLE_VIDEO_EXTENSIONS = frozenset([".mp4", ".m4v", ".mov", ".mkv"])
 NETWORK_SCHEMES = frozenset(
     ["rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "srt", "rtp", "hls"]
 )
-NETWORK_OPTION_KEYS = frozenset(["reconnect", "timeout", "open_timeout", "backoff_min", "backoff_max"])
+NETWORK_OPTION_KEYS = frozenset(
+    ["reconnect", "timeout", "open_timeout", "backoff_min", "backoff_max", "live"]
+)
+_NETWORK_SECONDS = {"timeout": 5.0, "open_timeout": 10.0, "backoff_min": 0.5, "backoff_max": 5.0}
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
@@ -93,6 +99,10 @@ class Options:
         if v.lower() in ("0", "false", "no", "off"):
             return False
         raise self._fail(key, v, "a boolean (1/0)")
+
+    def bad(self, key: str, expected: str) -> Exception:
+        """The error for a value that parsed but is out of range; it names the key and the value."""
+        return self._fail(key, self.values.get(key, ""), expected)
 
     def size(self, key: str, default: tuple[int, int] | None) -> tuple[int, int] | None:
         v = self._raw(key)
@@ -179,7 +189,7 @@ def open_source(uri: str) -> Source:
         return src
 
     if scheme in NETWORK_SCHEMES:
-        from stream.sources.network import NetworkSource
+        from stream.sources.network import DEFAULT_RECONNECT, NetworkSource
 
         parts = urlsplit(text)
         pairs = parse_qsl(parts.query, keep_blank_values=True)
@@ -187,13 +197,24 @@ def open_source(uri: str) -> Source:
         rest = [(k, v) for k, v in pairs if k not in NETWORK_OPTION_KEYS]
         url = urlunsplit(parts._replace(query=urlencode(rest, safe=":/,")))
         opts = Options(text, ours)
+        reconnect = opts.int("reconnect", DEFAULT_RECONNECT)
+        if reconnect < -1:
+            raise opts.bad("reconnect", "a number of retries >= 0, or -1 (never give up)")
+        secs = {k: opts.float(k, d) for k, d in _NETWORK_SECONDS.items()}
+        for key, value in secs.items():
+            if not 0 < value < float("inf"):  # also NaN
+                raise opts.bad(key, "a positive number of seconds")
+        if "backoff_max" in ours and secs["backoff_max"] < secs["backoff_min"]:
+            raise opts.bad("backoff_max", f"at least backoff_min ({secs['backoff_min']:g})")
+        live = (opts.str("live") or "auto").lower()
         return NetworkSource(
             url,
-            reconnect=opts.int("reconnect", -1),
-            read_timeout=opts.float("timeout", 5.0),
-            open_timeout=opts.float("open_timeout", 10.0),
-            backoff_min=opts.float("backoff_min", 0.5),
-            backoff_max=opts.float("backoff_max", 5.0),
+            reconnect=reconnect,
+            read_timeout=secs["timeout"],
+            open_timeout=secs["open_timeout"],
+            backoff_min=secs["backoff_min"],
+            backoff_max=secs["backoff_max"],
+            live=None if live == "auto" else opts.bool("live", True),
             uri=text,
         )
 

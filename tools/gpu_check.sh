@@ -50,10 +50,13 @@ if ls .whl/pyzmq-*.whl .whl/av-*.whl >/dev/null 2>&1; then
 fi
 if "$PY" -c "import zmq, av" 2>/dev/null; then
   timeout 70 "$PY" tools/bench_transport.py --seconds 1 2>&1 | tee "$OUT/transport.txt"
-  timeout 200 "$PY" tools/bench_pipeline.py --model stream/assets/default.pt --threads 4 \
-    --clip stream/assets/sample.mp4 --frames 221 --json "$OUT/pipeline_torch_cuda.json" 2>&1 | tee "$OUT/pipeline_torch_cuda.txt"
-  timeout 150 "$PY" tools/bench_pipeline.py --model stream/assets/default.onnx --threads 4 \
-    --clip stream/assets/sample.mp4 --frames 221 --json "$OUT/pipeline_ort_cpu.json" 2>&1 | tee "$OUT/pipeline_ort_cpu.txt"
+  # PyTorch CUDA pipeline on the bundled clip (whole process, default flags otherwise)
+  timeout 200 "$PY" -m stream run stream/assets/sample.mp4 --model stream/assets/default.pt --device cuda \
+    --sink /tmp/pipeline_torch_cuda.mp4 --no-progress --stats-json "$OUT/pipeline_torch_cuda.json" 2>&1 \
+    | tee "$OUT/pipeline_torch_cuda.txt"
+  # ONNX Runtime CPU pipeline vs the hand-written loop, whole processes (tools/bench_pipeline.py)
+  timeout 400 "$PY" tools/bench_pipeline.py --repeat 3 --live-seconds 5 \
+    --json "$OUT/pipeline_ort_cpu.json" 2>&1 | tee "$OUT/pipeline_ort_cpu.txt"
   ls /dev/shm | grep segstream || echo "no /dev/shm leftovers"
 else
   echo "pipeline bench skipped: pyzmq/PyAV not importable (carry their wheels in .whl/)"

@@ -15,6 +15,7 @@ from torch import nn
 from engines.models.convpool import ConvPool
 from engines.models.errors import ModelError, UnknownModelError
 from engines.models.fastscnn import FastSCNN
+from engines.models.lraspp_lite import LRASPPLite0
 from engines.models.twobranch import BiSeNetV2
 from engines.models.unet import UNet
 
@@ -24,7 +25,10 @@ __all__ = [
     "UnknownModelError",
     "build_model",
     "describe",
+    "has_pretrained",
     "input_channels",
+    "input_normalization",
+    "load_pretrained",
     "model_summary",
 ]
 
@@ -32,6 +36,7 @@ __all__ = [
 # name -> builder(num_classes, in_channels, dropout, **kwargs); the order is the one `segstream models` shows.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "fastscnn": FastSCNN,
+    "lite0-lraspp": LRASPPLite0,
     "bisenetv2": BiSeNetV2,
     "unet": UNet,
     "convpool": ConvPool,
@@ -48,9 +53,7 @@ def _builder(name: str) -> Callable[..., nn.Module]:
     try:
         return MODELS[name]
     except KeyError:
-        raise UnknownModelError(
-            f"unknown model architecture '{name}' (valid: {', '.join(MODELS)})"
-        ) from None
+        raise UnknownModelError(f"unknown model architecture '{name}' (valid: {', '.join(MODELS)})") from None
 
 
 def build_model(
@@ -104,3 +107,24 @@ def model_summary(model: nn.Module, size: tuple[int, int] = (480, 360)) -> tuple
     finally:
         model.train(was_training)
     return params, counter.get_total_flops() / 1e9
+
+
+def has_pretrained(model: nn.Module) -> bool:
+    """Whether the network has an encoder with shipped ImageNet weights (``load_pretrained``)."""
+    return callable(getattr(model, "load_pretrained", None))
+
+
+def load_pretrained(model: nn.Module) -> list[str]:
+    """Load the network's pretrained encoder weights (a training-time extra; exported models never need
+    it). Returns the checkpoint keys deliberately left out."""
+    if not has_pretrained(model):
+        raise ModelError(f"{type(model).__name__} has no pretrained encoder weights")
+    return model.load_pretrained()
+
+
+def input_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """(mean, std) on [0, 1] pixels a network's pretrained encoder expects, or None for the default."""
+    mean, std = getattr(model, "input_mean", None), getattr(model, "input_std", None)
+    if mean is None or std is None:
+        return None
+    return tuple(float(v) for v in mean), tuple(float(v) for v in std)

@@ -97,4 +97,3 @@ class FastSCNN(nn.Module):
         deep = self.global_features(shallow)
         y = self.classifier(self.head(self.fusion(shallow, deep)))
         return resize_to(y, x)
-

@@ -10,6 +10,15 @@ import onnxruntime as ort
 
 from engines.meta import META_KEY, MetadataError, ModelMeta
 from engines.runtime.base import BackendUnavailable, ModelFileError, Runtime, ShapeError
+from engines.runtime.contract import (
+    check_classes,
+    check_io,
+    check_prediction,
+    describe_file,
+    inferred_class_count,
+    ort_spec,
+    read_graph,
+)
 
 INPUT_NAME = "images"
 
@@ -67,29 +76,62 @@ class OrtRuntime(Runtime):
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises Fail/InvalidProtobuf/... for bad files
+            what = describe_file(self.path)
+            if what is not None:  # a JPEG, an empty file, a checkpoint: say so rather than ORT's jargon
+                raise ModelFileError(f"{self.path}: not a loadable ONNX model: the file {what}") from None
             msg = str(e).strip().splitlines()[0][:200]
-            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({msg})") from None
+            try:
+                read_graph(self.path)  # the protobuf is whole: the graph itself is what ORT refuses
+                why = f"ONNX Runtime refuses the graph: {msg}"
+            except ModelFileError:
+                why = f"truncated or corrupt? ONNX Runtime: {msg}"
+            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({why})") from None
         self.device = "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" else "cpu"
         self.meta = self._read_meta()
-        inp = {i.name: i for i in self.session.get_inputs()}
-        if INPUT_NAME not in inp:
-            raise ModelFileError(f"{self.path}: no '{INPUT_NAME}' input (inputs: {', '.join(inp)})")
-        outs = [o.name for o in self.session.get_outputs()]
-        if "ids" not in outs:
-            raise ModelFileError(f"{self.path}: no 'ids' output (outputs: {', '.join(outs)})")
-        self.has_confidence = "confidence" in outs
-        shape = inp[INPUT_NAME].shape  # ints for fixed dims, strings/None for dynamic ones
-        self.fixed_hw = tuple(shape[2:4]) if all(isinstance(d, int) for d in shape[2:4]) else None
-        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        ins = [ort_spec(i) for i in self.session.get_inputs()]
+        outs = [ort_spec(o) for o in self.session.get_outputs()]
+        images = next((i for i in ins if i.name == INPUT_NAME), None)
+        shape = images.shape if images is not None and images.shape is not None else (None,) * 4
+        self.fixed_hw = tuple(shape[2:4]) if len(shape) == 4 and None not in shape[2:4] else None
+        self.fixed_batch = shape[0] if shape else None
         if input_size is not None:
             w, h = int(input_size[0]), int(input_size[1])
             if self.fixed_hw and self.fixed_hw != (h, w):
                 fh, fw = self.fixed_hw
                 raise ShapeError(f"{self.path}: exported for {fw}x{fh} only (fixed H/W), asked for {w}x{h}")
             self.meta = replace(self.meta, input_size=(w, h))
+        check_io(self.path, self.meta, ins, outs)
+        check_classes(self.path, self.meta, self._class_count())
+        self.has_confidence = any(o.name == "confidence" for o in outs)
         if max_batch is not None:
             self.meta = replace(self.meta, max_batch=int(max_batch))
+        if self.fixed_batch and self.meta.max_batch > self.fixed_batch:
+            # a graph exported for batch 1 (or B) only: never hand it more; smaller batches are padded
+            self.meta = replace(self.meta, max_batch=self.fixed_batch)
         self.providers = self.session.get_providers()
+        self._smoke_test()
+
+    def _class_count(self) -> int | None:
+        """Classes the graph's ArgMax picks among: the quick protobuf walk, else shape inference."""
+        try:
+            count = read_graph(self.path).class_count()
+        except ModelFileError:  # ONNX Runtime loaded it, so our reader is the one at fault: look closer
+            count = None
+        return count if count is not None else inferred_class_count(self.path, self.meta)
+
+    def _smoke_test(self) -> None:
+        """Run one blank batch: what the graph really returns must fit the contract too (declared
+        shapes can be missing or wrong), so a bad model fails here, before any frame is read."""
+        w, h = self.meta.input_size
+        x = np.zeros((1, self.meta.channels, h, w), np.float32)
+        try:
+            ids, conf = self.run(x, confidence=self.has_confidence)
+        except ModelFileError:
+            raise
+        except Exception as e:  # noqa: BLE001 - ORT raises Fail/RuntimeException/... for broken graphs
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise ModelFileError(f"{self.path}: fails on a blank {w}x{h} frame ({msg})") from None
+        check_prediction(self.path, self.meta, 1, ids, conf)
 
     def _read_meta(self) -> ModelMeta:
         props = self.session.get_modelmeta().custom_metadata_map
@@ -107,7 +149,7 @@ class OrtRuntime(Runtime):
         if batch.ndim != 4 or batch.shape[1] != self.meta.channels:
             raise ShapeError(f"batch must be N x {self.meta.channels} x H x W float32, got {batch.shape}")
         n = batch.shape[0]
-        if n > self.meta.max_batch or (self.fixed_batch and n != self.fixed_batch):
+        if n > self.meta.max_batch:
             raise ShapeError(f"batch of {n} exceeds the model's max batch {self.meta.max_batch}")
         if self.fixed_hw and tuple(batch.shape[2:]) != self.fixed_hw:
             raise ShapeError(
@@ -118,5 +160,7 @@ class OrtRuntime(Runtime):
             raise ModelFileError(f"{self.path}: the model has no 'confidence' output")
         names = ["ids", "confidence"] if confidence else ["ids"]
         x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.fixed_batch and n < self.fixed_batch:  # the graph takes exactly fixed_batch: pad
+            x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), np.float32)])
         out = self.session.run(names, {INPUT_NAME: x})
-        return out[0], (out[1] if confidence else None)
+        return out[0][:n], (out[1][:n] if confidence else None)

@@ -16,6 +16,7 @@ import numpy as np
 
 from engines.build import EngineHeader, check_compatible, check_in_profile, gpu_info, read_engine
 from engines.runtime.base import BackendUnavailable, ModelFileError, Runtime, RuntimeError_, ShapeError
+from engines.runtime.contract import TensorSpec, check_io
 
 INPUT_NAME = "images"
 
@@ -77,6 +78,14 @@ class TensorRTRuntime(Runtime):
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == mod.TensorIOMode.OUTPUT]
         if INPUT_NAME not in names or "ids" not in self.outputs:
             raise ModelFileError(f"{self.path}: engine tensors {names} lack 'images' -> 'ids'")
+        specs = {n: self._spec(mod, n) for n in names}
+        check_io(
+            self.path,
+            self.meta,
+            [specs[n] for n in names if n not in self.outputs],
+            [specs[n] for n in self.outputs],
+            input_dtypes=("float32", "float16"),
+        )
         self._in_dtype = (
             torch.float16 if self.engine.get_tensor_dtype(INPUT_NAME) == mod.DataType.HALF else torch.float32
         )
@@ -92,6 +101,15 @@ class TensorRTRuntime(Runtime):
         ).view(1, c, 1, 1)
         self._dev: dict[str, torch.Tensor] = {}  # flat device buffers, grown on demand
         self._host: dict[str, torch.Tensor] = {}  # flat pinned host buffers
+
+    def _spec(self, mod, name: str) -> TensorSpec:
+        """One engine tensor as the contract checks it (dynamic dims are -1 in TensorRT)."""
+        dtypes = {"FLOAT": "float32", "HALF": "float16", "UINT8": "uint8", "INT8": "int8", "INT32": "int32"}
+        dtypes |= {"INT64": "int64", "BOOL": "bool", "BF16": "bfloat16"}
+        dt = self.engine.get_tensor_dtype(name)
+        dtype = next((v for k, v in dtypes.items() if getattr(mod.DataType, k, None) == dt), str(dt))
+        shape = tuple(int(d) if int(d) >= 0 else None for d in self.engine.get_tensor_shape(name))
+        return TensorSpec(name, dtype, shape)
 
     # buffers ----------------------------------------------------------------------------------
     def _buffer(self, pool: dict, name: str, numel: int, dtype, pinned: bool = False):

@@ -50,7 +50,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         # weights_only=False: checkpoints carry RNG/optimizer state; they are our own files.
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, BadZipFile, EOFError, RuntimeError, ...
-        raise ModelFileError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
+        from engines.runtime.contract import describe_file
+
+        what = describe_file(path)
+        if what is not None and not what.startswith(("is a ZIP", "is a Python pickle")):
+            raise ModelFileError(f"{path}: not a readable PyTorch checkpoint: the file {what}") from None
+        first = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:200]
+        raise ModelFileError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt? {type(e).__name__}: {first})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ModelFileError(
@@ -97,6 +105,16 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, ModelMeta, dict[
     args = dict(ckpt.get("arch_args") or {})
     args.setdefault("num_classes", meta.classes.num_classes)
     args.setdefault("in_channels", meta.channels)
+    # the contract (engines.runtime.contract): ids index the metadata's class table, frames have its channels
+    if int(args["num_classes"]) != meta.classes.num_classes:
+        raise ModelFileError(
+            f"{path}: the network has {args['num_classes']} output classes but its metadata lists "
+            f"{meta.classes.num_classes}"
+        )
+    if int(args["in_channels"]) != meta.channels:
+        raise ModelFileError(
+            f"{path}: the network takes {args['in_channels']} channels but its metadata says {meta.channels}"
+        )
     net = build_model(ckpt["arch"], **args)
     try:
         net.load_state_dict(ckpt["model"])

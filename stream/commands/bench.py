@@ -16,7 +16,10 @@ TOOLS = Path(__file__).resolve().parents[2] / "tools"
 # name -> (help, where main(argv) lives: a module name, or a tools/ script)
 BENCHES = {
     "infer": ("inference latency/throughput per backend, precision, size and batch", "engines.runtime.bench"),
-    "pipeline": ("bare inference vs naive loop vs the pipeline", "tools/bench_pipeline.py"),
+    "pipeline": (
+        "`segstream run` vs the hand-written loop, whole processes; start-up; live latency",
+        "tools/bench_pipeline.py",
+    ),
     "transport": ("frame transport between processes", "tools/bench_transport.py"),
 }
 

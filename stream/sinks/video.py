@@ -32,6 +32,11 @@ DEFAULT_FPS = 25.0  # when the source does not know its rate
 # veryfast, at ≈ 2.2x / 1.7x the file size; superfast keeps encoding well off the critical path.
 
 
+def segment_path(path: Path, segment: int) -> Path:
+    """``out.mp4`` -> ``out.001.mp4``: where segment ``segment`` of a restarted run's video goes."""
+    return path.with_name(f"{path.stem}.{segment:03d}{path.suffix}")
+
+
 def _rate(fps: float) -> Fraction:
     """29.97 -> 30000/1001, 25.0 -> 25."""
     return Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(DEFAULT_FPS)
@@ -68,6 +73,35 @@ class VideoFileSink(Sink):
         self._t0: float | None = None
         self._last_pts = -1
         self._time_base = Fraction(1, 25)
+
+    def preflight(self) -> None:
+        """What ``open()`` would refuse about the path, found before any process starts; creates nothing
+        (a probe file in the nearest existing folder is removed at once)."""
+        import tempfile
+
+        if self.path.is_dir():
+            raise SinkError(f"{self.spec}: is a directory")
+        folder = self.path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise SinkError(f"{self.spec}: {folder} is not a folder")
+        try:  # the real test: permissions, read-only mounts and root all answer it the same way
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise SinkError(f"{self.spec}: cannot write in {folder} ({e.strerror or e})") from None
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise SinkError(f"{self.spec}: {self.path} is not writable")
+
+    def roll(self, segment: int) -> Path:
+        """Write to segment ``segment`` instead: ``out.mp4`` -> ``out.001.mp4`` (before ``open()``), so a
+        restarted pipeline keeps what it wrote before."""
+        if self._container is not None:
+            raise SinkError(f"{self.spec}: roll() after open()")
+        if segment > 0:
+            self.path = segment_path(self.path, segment)
+        return self.path
 
     def open(self, info: StreamInfo) -> None:
         if info.width <= 0 or info.height <= 0:

@@ -1,15 +1,19 @@
 """``zmq-pub://HOST:PORT?...``: publish every mask as data (docs/PROTOCOL.md).
 
-Three sockets, one per delivery need:
+Up to three sockets, one per delivery need:
   * PUB on PORT, lossy: a small send HWM, so a slow subscriber loses messages (it sees seq gaps)
     and never slows the pipeline;
   * REP on PORT+1 (``classes=``): returns the class table, so late joiners need no restart;
-  * ROUTER on PORT+2 (``lossless=``, ``off`` disables): recorders grant credit; the publisher waits
-    for credit (backpressure), so nothing is dropped for them.
+  * ROUTER for recorders, only when asked (``lossless=on`` for PORT+2, ``lossless=P``, or
+    ``wait_recorders=N``): recorders grant credit. On a file source the publisher waits for credit
+    (backpressure) but at most ``lossless_timeout`` seconds per message; on a live source it never
+    waits (a recorder without credit misses that mask). A recorder that breaks the credit protocol,
+    stops reading, or leaves the publisher waiting too long is dropped and counted: a misbehaving
+    recorder loses its place, never the pipeline its pace.
 
 Options: encoding=raw|png|rle, confidence=raw|png, overlay=1 (JPEG part), jpeg_quality=80, hwm=4,
-wait_recorders=N (open() waits for N recorders, so a file run reaches them from its first frame),
-lossless_timeout=S (a recorder silent this long is dropped), curve_secret=FILE, allow=DIR.
+lossless=on|PORT|off, wait_recorders=N (open() waits for N recorders, so a file run reaches them
+from its first frame), lossless_timeout=S, curve_secret=FILE, allow=DIR.
 """
 
 from __future__ import annotations
@@ -44,10 +48,18 @@ _KNOWN = {
 }
 
 
+# Credit a recorder may hold at once: bounds what the publisher queues for it (a recorder that grants
+# a billion credits and never reads cannot make the publisher buffer the whole stream in memory).
+MAX_CREDIT = 64
+LOSSLESS_TIMEOUT_S = 5.0
+_MAX_COMMANDS_PER_PUMP = 256  # a flood of control messages cannot starve the pipeline thread
+_BANNED_MEMORY = 1024
+
+
 @dataclass
 class _Recorder:
     credit: int
-    last_seen: float
+    last_credit: float  # monotonic time of the last credit it granted
 
 
 class ZmqPubSink(Sink):
@@ -69,11 +81,17 @@ class ZmqPubSink(Sink):
             self.jpeg_quality = int(opts.get("jpeg_quality", 80))
             self.hwm = int(opts.get("hwm", 4))
             self.wait_recorders = int(opts.get("wait_recorders", 0))
-            self.lossless_timeout = float(opts.get("lossless_timeout", 10.0))
+            self.lossless_timeout = float(opts.get("lossless_timeout", LOSSLESS_TIMEOUT_S))
         except ValueError as e:
             raise SinkError(f"{spec}: bad numeric option ({e})") from None
+        if self.lossless_timeout <= 0 or self.wait_recorders < 0 or self.hwm < 1:
+            raise SinkError(f"{spec}: lossless_timeout must be > 0, wait_recorders >= 0, hwm >= 1")
         if self.wait_recorders and self.ep.lossless_port is None:
             raise SinkError(f"{spec}: wait_recorders needs the lossless endpoint (lossless=off given)")
+        # the recorder endpoint is opened only when asked for: by name, or by waiting for recorders
+        self.lossless = self.ep.lossless_port is not None and (
+            self.ep.lossless_requested or self.wait_recorders > 0
+        )
         self.curve_secret = opts.get("curve_secret")
         self.allow = opts.get("allow")
         if bool(self.curve_secret) != bool(self.allow):
@@ -87,7 +105,9 @@ class ZmqPubSink(Sink):
             "published": 0,
             "lossless_sent": 0,
             "recorders": 0,
-            "recorders_dropped": 0,
+            "recorders_dropped": 0,  # dropped for any reason (includes recorders_refused)
+            "recorders_refused": 0,  # broke the credit protocol
+            "lossless_missed": 0,  # masks a live-source recorder missed for lack of credit
             "lossless_wait_s": 0.0,
             "classes_requests": 0,
         }
@@ -97,6 +117,8 @@ class ZmqPubSink(Sink):
         self._rep_thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._recorders: dict[bytes, _Recorder] = {}
+        self._banned: dict[bytes, None] = {}  # dropped identities: their later messages are ignored
+        self._live = False
         self._last_seq = -1
 
     # ------------------------------------------------------------------------------------ open
@@ -104,6 +126,7 @@ class ZmqPubSink(Sink):
         import zmq
 
         self.info = info
+        self._live = bool(info.live)
         self.stream = self.stream_override or info.stream_id
         self.classes = info.classes
         self._ctx = zmq.Context()
@@ -120,10 +143,13 @@ class ZmqPubSink(Sink):
             # small queue + small kernel buffer bound how far a slow lossy subscriber lags behind
             self._pub = self._bind(zmq.PUB, self.ep.port, {zmq.SNDHWM: self.hwm, zmq.SNDBUF: 1 << 20})
             rep = self._bind(zmq.REP, self.ep.classes_port, {})
-            if self.ep.lossless_port is not None:
-                # credit bounds the recorders' queues, not the HWM (which would drop for ROUTER)
+            if self.lossless:
+                # credit bounds each recorder's queue; the HWM above it only catches a recorder that
+                # stopped reading (send then fails with EAGAIN and the recorder is dropped)
                 self._router = self._bind(
-                    zmq.ROUTER, self.ep.lossless_port, {zmq.ROUTER_MANDATORY: 1, zmq.SNDHWM: 0}
+                    zmq.ROUTER,
+                    self.ep.lossless_port,
+                    {zmq.ROUTER_MANDATORY: 1, zmq.SNDHWM: MAX_CREDIT + 8, zmq.RCVHWM: 1000},
                 )
         except BaseException:
             self.close()
@@ -185,27 +211,41 @@ class ZmqPubSink(Sink):
         """Read recorder credit/bye messages; waits at most ``timeout_ms`` for the first one."""
         import zmq
 
-        while self._router.poll(timeout_ms, zmq.POLLIN):
+        handled = 0
+        while handled < _MAX_COMMANDS_PER_PUMP and self._router.poll(timeout_ms, zmq.POLLIN):
             timeout_ms = 0
+            handled += 1
             frames = self._router.recv_multipart()
             ident, cmd = frames[0], frames[1] if len(frames) > 1 else b""
+            if ident in self._banned:
+                continue
+            if cmd == b"bye" and len(frames) == 2:
+                if self._recorders.pop(ident, None) is not None:
+                    self.stats["recorders"] -= 1
+                continue
+            n = _credit(frames)
+            if n is None:
+                self._refuse(ident, frames)
+                continue
             now = time.monotonic()
-            if cmd == b"credit" and len(frames) == 3:
-                try:
-                    n = max(0, int(frames[2]))
-                except ValueError:
-                    continue
-                rec = self._recorders.get(ident)
-                if rec is None:
-                    self._recorders[ident] = rec = _Recorder(0, now)
-                    self.stats["recorders"] += 1
-                rec.credit += n
-                rec.last_seen = now
-            elif cmd == b"bye" and self._recorders.pop(ident, None) is not None:
-                self.stats["recorders"] -= 1
+            rec = self._recorders.get(ident)
+            if rec is None:
+                self._recorders[ident] = rec = _Recorder(0, now)
+                self.stats["recorders"] += 1
+            rec.credit = min(MAX_CREDIT, rec.credit + n)
+            rec.last_credit = now
+
+    def _refuse(self, ident: bytes, frames: list[bytes]) -> None:
+        what = b" ".join(f[:16] for f in frames[1:3])[:40]
+        self.stats["recorders_refused"] += 1
+        if ident in self._recorders:
+            self._drop(ident, f"broke the credit protocol ({what!r})")
+        else:
+            self._ban(ident)
+            self._warn(f"refused {ident.hex()} on {self.spec}: not a credit message ({what!r})")
 
     def _await_recorders(self, n: int) -> None:
-        # bounded by lossless_timeout (10 s): longer would look like a stalled stage to the supervisor
+        # bounded by lossless_timeout: longer would look like a stalled stage to the supervisor
         deadline = time.monotonic() + self.lossless_timeout
         while len(self._recorders) < n:
             if time.monotonic() > deadline:
@@ -216,32 +256,72 @@ class ZmqPubSink(Sink):
                 )
             self._pump(100)
 
+    def _ban(self, ident: bytes) -> None:
+        self._banned[ident] = None
+        while len(self._banned) > _BANNED_MEMORY:
+            self._banned.pop(next(iter(self._banned)))
+
+    def _warn(self, text: str) -> None:
+        print(f"segstream: {text}", file=sys.stderr)
+
     def _drop(self, ident: bytes, why: str) -> None:
-        if self._recorders.pop(ident, None) is not None:
-            self.stats["recorders"] -= 1
-            self.stats["recorders_dropped"] += 1
-            print(f"segstream: recorder {ident.hex()} dropped from {self.spec}: {why}", file=sys.stderr)
+        import zmq
+
+        if self._recorders.pop(ident, None) is None:
+            return
+        self._ban(ident)
+        self.stats["recorders"] -= 1
+        self.stats["recorders_dropped"] += 1
+        self._warn(f"recorder {ident.hex()} dropped from {self.spec}: {why}")
+        # tell it, so a recorder that was merely slow knows its recording is incomplete
+        end = encode_end_message(
+            self.stream, self._last_seq, self.stats["published"], reason=f"dropped: {why}"
+        )
+        try:
+            self._router.send_multipart([ident, *end], flags=zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
 
     def _send_lossless(self, frames: list) -> None:
         import zmq
 
         self._pump(0)
+        now = time.monotonic()
         for ident in list(self._recorders):
-            rec = self._recorders[ident]
+            rec = self._recorders.get(ident)
+            if rec is None:
+                continue
+            if rec.credit <= 0 and self._live:
+                # live source: waiting would make capture drop frames for everyone; this recorder
+                # misses the mask instead (it sees the seq gap), and goes when it stays silent
+                if now - rec.last_credit > self.lossless_timeout:
+                    self._drop(ident, f"no credit for {self.lossless_timeout:g} s")
+                else:
+                    self.stats["lossless_missed"] += 1
+                continue
             if rec.credit <= 0:
+                # file source: backpressure, but bounded from when this wait began, so neither a
+                # recorder that went quiet nor one that keeps talking without granting credit can
+                # hold the pipeline longer than lossless_timeout
                 t0 = time.monotonic()
-                while rec.credit <= 0 and ident in self._recorders:
-                    if time.monotonic() - rec.last_seen > self.lossless_timeout:
-                        self._drop(ident, f"no credit for {self.lossless_timeout:g} s")
+                while ident in self._recorders and rec.credit <= 0:
+                    if time.monotonic() - t0 > self.lossless_timeout:
+                        self._drop(ident, f"granted no credit for {self.lossless_timeout:g} s")
                         break
-                    self._pump(50)
+                    self._pump(20)
                 self.stats["lossless_wait_s"] += time.monotonic() - t0
                 if ident not in self._recorders:
                     continue
             try:
-                self._router.send_multipart([ident, *frames], copy=False)
+                self._router.send_multipart([ident, *frames], flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                self._drop(ident, "stopped reading (its queue is full)")
+                continue
             except zmq.ZMQError as e:  # EHOSTUNREACH: the recorder vanished without 'bye'
-                self._drop(ident, e.strerror)
+                if self._recorders.pop(ident, None) is not None:
+                    self.stats["recorders"] -= 1
+                    self.stats["recorders_dropped"] += 1
+                    self._warn(f"recorder {ident.hex()} dropped from {self.spec}: {e.strerror}")
                 continue
             rec.credit -= 1
             self.stats["lossless_sent"] += 1
@@ -297,7 +377,7 @@ class ZmqPubSink(Sink):
                     self._pump(0)
                     for ident in list(self._recorders):
                         try:
-                            self._router.send_multipart([ident, *end])
+                            self._router.send_multipart([ident, *end], flags=zmq.NOBLOCK)
                         except zmq.ZMQError:
                             pass
                     # let queued lossless messages reach the recorders before the socket goes
@@ -321,3 +401,14 @@ class ZmqPubSink(Sink):
     @property
     def endpoints(self) -> Endpoints:
         return self.ep
+
+
+def _credit(frames: list[bytes]) -> int | None:
+    """N from ``[ident, "credit", "<N>"]`` with N a positive decimal (at most 9 digits); else None."""
+    if len(frames) != 3 or frames[1] != b"credit":
+        return None
+    text = frames[2]
+    if not (0 < len(text) <= 9 and text.isdigit()):
+        return None
+    n = int(text)
+    return n if n > 0 else None

@@ -53,9 +53,15 @@ class SourceStats:
 
 class Source(ABC):
     """``open()`` validates and returns SourceInfo (raises SourceError with a clear message);
-    ``read(timeout)`` returns one Frame; ``close()`` releases everything."""
+    ``read(timeout)`` returns one Frame; ``close()`` releases everything. An EOS whose ``error`` is set
+    means the source failed (a live stream's reconnect budget spent, a lost connection): the run fails."""
 
     stats: SourceStats
+
+    def take_notices(self) -> list[str]:
+        """Lines the user should see as they happen (a stream lost, each reconnect attempt, a truncated
+        file); the capture stage forwards them to the supervisor, which prints them on the terminal."""
+        return []
 
     @abstractmethod
     def open(self) -> SourceInfo: ...

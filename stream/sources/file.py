@@ -8,11 +8,19 @@ above what inference sustains on this machine.
 
 File sources never drop: every decodable frame is returned, in order; a decode error is returned as one
 ERROR frame (and counted) and the next read goes on; the end of the data (also of a truncated file) is EOS.
+A file that cannot be opened says why in plain words: empty, truncated (an MP4/MOV whose box structure
+breaks off, e.g. inside its 'moov' index), or not a readable video.
+
+``FileSource.from_container`` reads a network URL whose server says it is a file (stream.sources.network)
+the same way; there a lost connection ends the read with EOS carrying the reason, never a silent end.
 """
 
 from __future__ import annotations
 
+import os
+import struct
 import time
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,16 +32,92 @@ from stream.sources.base import Frame, ReadStatus, Source, SourceError, SourceIn
 # After this many consecutive demux failures the rest of the file is taken as unreadable (EOS).
 _MAX_CONSECUTIVE_DEMUX_ERRORS = 50
 
+# Top-level ISO BMFF (MP4/MOV/3GP) boxes, and the ones a file may start with.
+_BMFF_BOXES = frozenset(
+    [b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"moof", b"mfra", b"sidx"]
+    + [b"pdin", b"meta", b"meco", b"prft", b"emsg", b"ssix", b"pnot", b"junk"]
+)
+_BMFF_FIRST = frozenset([b"ftyp", b"styp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"])
+_BOX_ROLE = {
+    b"moov": " (the index of every frame)",
+    b"mdat": " (the frame data)",
+    b"ftyp": " (the file type)",
+}
 
-def open_container(path: str, uri: str) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open ``path`` with PyAV and return (container, first video stream); SourceError when it is no video."""
+
+def mp4_damage(path: str) -> str | None:
+    """Where an MP4/MOV file's top-level box structure breaks off, in words; None when it is whole or not
+    an MP4 at all. Reads box headers only (a few bytes per box), so it costs nothing on big files."""
     try:
-        container = av.open(path, mode="r")
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            off, seen = 0, []
+            while off < size:
+                f.seek(off)
+                head = f.read(16)
+                if len(head) < 8:
+                    return (
+                        f"the file is truncated: it ends inside a box header at byte {off}" if seen else None
+                    )
+                n, kind = struct.unpack(">I4s", head[:8])
+                if n == 1 and len(head) == 16:
+                    n = struct.unpack(">Q", head[8:16])[0]
+                elif n == 0:  # "to the end of the file"
+                    n = size - off
+                if kind not in (_BMFF_BOXES if seen else _BMFF_FIRST) or n < 8:
+                    return f"the file is damaged: no valid box at byte {off}" if seen else None
+                seen.append(kind)
+                if off + n > size:
+                    name = kind.decode("latin-1")
+                    return (
+                        f"the file is truncated: its '{name}' box{_BOX_ROLE.get(kind, '')} needs {n} bytes "
+                        f"from byte {off}, but the file ends at byte {size}"
+                    )
+                off += n
+    except OSError:
+        return None
+    if b"moov" not in seen and b"moof" not in seen:
+        return "the file has no 'moov' box (the index of every frame): truncated, or never finalized"
+    if b"mdat" not in seen:
+        return "the file is truncated: it has no 'mdat' box (the frame data)"
+    return None
+
+
+def _unreadable(path: str, e: Exception | None) -> str:
+    """Why a local file did not open as a video, in the words a user needs."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "the file is empty (0 bytes)"
+    except OSError:
+        pass
+    damage = mp4_damage(path)
+    if damage:
+        return damage
+    if e is None:  # opened, but FFmpeg found no stream at all
+        return "no audio or video stream found: the file is truncated or not a video"
+    return f"not a readable video ({_ffmpeg_reason(e)})"
+
+
+def open_container(
+    path: str,
+    uri: str,
+    options: dict[str, str] | None = None,
+    timeout: tuple[float, float] | None = None,
+) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open ``path`` (a file, or a URL with FFmpeg ``options``/``timeout``) with PyAV and return
+    (container, first video stream); SourceError saying why when it is no readable video."""
+    local = "://" not in path
+    try:
+        container = av.open(path, mode="r", options=options or {}, timeout=timeout)
     except av.error.FFmpegError as e:
-        raise SourceError(f"{uri}: not a readable video ({_ffmpeg_reason(e)})") from None
+        why = _unreadable(path, e) if local else f"not a readable video ({_ffmpeg_reason(e)})"
+        raise SourceError(f"{uri}: {why}") from None
     if not container.streams.video:
+        n = len(container.streams)
         container.close()
-        raise SourceError(f"{uri}: contains no video stream")
+        if local and (n == 0 or mp4_damage(path)):
+            raise SourceError(f"{uri}: {_unreadable(path, None)}")
+        raise SourceError(f"{uri}: contains no video stream" + (" (audio or data only)" if n else ""))
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"  # frame + slice threads: files need throughput, not per-frame latency
     if not stream.codec_context.width or not stream.codec_context.height:
@@ -62,9 +146,27 @@ class FileSource(Source):
         self.stats = SourceStats()
         self.info: SourceInfo | None = None
         self.last_pts: float | None = None  # presentation time (s) of the last OK frame
+        self.remote = False  # a URL read as a file: a lost connection is an error, not the end
+        self.damage: str | None = None  # how the file is truncated, when it opened anyway
+        self._failure: str | None = None  # why reading stopped early (EOS carries it)
+        self._notices: deque[str] = deque()
         self._container: av.container.InputContainer | None = None
         self._frames: Iterator[tuple[np.ndarray | None, float | None, str | None]] | None = None
         self._index = 0
+
+    @classmethod
+    def from_container(
+        cls, container: av.container.InputContainer, stream: av.video.stream.VideoStream, uri: str
+    ) -> FileSource:
+        """Read an opened network container like a file: every frame in order, EOS at its end."""
+        src = cls(uri, uri=uri)
+        src.remote = True
+        stream.thread_type = "AUTO"  # read as a file: throughput, not per-frame latency
+        if not stream.codec_context.width or not stream.codec_context.height:
+            container.close()
+            raise SourceError(f"{uri}: video stream has no frame size (corrupt header?)")
+        src._start(container, stream)
+        return src
 
     def open(self) -> SourceInfo:
         p = Path(self.path)
@@ -73,6 +175,14 @@ class FileSource(Source):
         if p.is_dir():
             raise SourceError(f"{self.uri}: is a directory (use images:DIR for a folder of images)")
         container, stream = open_container(str(p), self.uri)
+        self.damage = mp4_damage(str(p))
+        if self.damage:
+            self._notices.append(f"{self.uri}: {self.damage}; reading the frames that are there")
+        return self._start(container, stream)
+
+    def _start(
+        self, container: av.container.InputContainer, stream: av.video.stream.VideoStream
+    ) -> SourceInfo:
         self._container = container
         self._frames = self._decode(container, stream)
         self.info = SourceInfo(
@@ -84,6 +194,11 @@ class FileSource(Source):
             total_frames=(stream.frames or None) if not self.loop else None,
         )
         return self.info
+
+    def take_notices(self) -> list[str]:
+        out = list(self._notices)
+        self._notices.clear()
+        return out
 
     def _decode(
         self, container: av.container.InputContainer, stream: av.video.stream.VideoStream
@@ -97,6 +212,9 @@ class FileSource(Source):
             except (StopIteration, av.error.EOFError):
                 break
             except av.error.FFmpegError as e:
+                if self.remote and isinstance(e, OSError):  # connection reset, I/O error, timeout
+                    self._failure = f"connection lost after {self._index} frames ({_ffmpeg_reason(e)})"
+                    break
                 failures += 1
                 yield None, None, f"demux error: {_ffmpeg_reason(e)}"
                 if failures >= _MAX_CONSECUTIVE_DEMUX_ERRORS:
@@ -123,7 +241,10 @@ class FileSource(Source):
             self._frames = self._decode(self._container, stream)
             item = next(self._frames, None)
         if item is None:
-            return Frame(ReadStatus.EOS, index=self._index, timestamp=time.time())
+            error = f"{self.uri}: {self._failure}" if self._failure else None
+            if error is None and self.damage and self.stats.frames == 0:
+                error = f"{self.uri}: no frame could be decoded: {self.damage}"
+            return Frame(ReadStatus.EOS, index=self._index, timestamp=time.time(), error=error)
         image, pts, error = item
         if error is not None:
             self.stats.decode_errors += 1

@@ -1,13 +1,16 @@
 """What every stage process shares: control sockets, heartbeats, parent watch, shutdown.
 
-A stage is one OS process started by the supervisor (``python -m stream worker STAGE --config ...``)
-or by hand on another host (``segstream worker infer --in ... --out ...``). It
+A stage is one OS process started by the supervisor (``python -m stream worker STAGE --context ...``,
+usually forked from the template process of stream.launch) or by hand on another host
+(``segstream worker infer --in ... --out ...``). It
 
 - sends a heartbeat with its metrics snapshot every ``heartbeat_s`` (data flowing does not replace
   it: the supervisor watches these),
 - obeys commands from the supervisor (``stop``, ``drain``, ``replay``),
 - dies with its parent: PR_SET_PDEATHSIG on Linux plus a parent-pid check in the loop; when the
-  parent is gone it unlinks the shared-memory ring it knows (the supervisor can no longer do it).
+  parent is gone it unlinks the shared-memory ring it knows (the supervisor can no longer do it). The
+  parent is ``StageContext.parent_pid``: the supervisor, or the forkserver it was forked from (which
+  itself exits with the supervisor; ``worker --parent-pid``).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class StageContext:
     parent_pid: int | None = None
     seq_start: int = 0  # capture: first seq (a restarted live capture continues past the old ones)
     cpus: list[int] | None = None  # processors this stage may use (stream.cpus); None: any
+    instance: int = 0  # how many instances of this stage ran before this one (0: first start)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -83,6 +87,7 @@ class Stage:
         self.stopping = False
         self.draining = False
         self._last_hb = 0.0
+        self._reported = False  # has any report reached the control socket yet
         self.ring = None
         self.parent_pid = ctx.parent_pid
 
@@ -107,10 +112,25 @@ class Stage:
         import zmq
 
         msg = {"stage": self.ctx.name, "type": kind, "pid": os.getpid(), "t": time.time(), **data}
+        raw = json.dumps(msg).encode()
         try:
-            self.ctl_up.send(json.dumps(msg).encode(), zmq.NOBLOCK)
+            self.ctl_up.send(raw, zmq.NOBLOCK)
+            self._reported = True
+            return
         except zmq.Again:
             pass
+        # no peer yet (ctl_up waits for a live one): a stage that sets up in milliseconds, as a forked one
+        # does, reports in before its connection is up; the first report, and any that is not a routine
+        # heartbeat (fatal, ready, exit...), waits for it briefly rather than being lost (a lost first
+        # heartbeat held the whole run's start for heartbeat_s)
+        if kind == "hb" and self._reported:
+            return
+        if self.ctl_up.poll(int(max(1.0, 2 * self.cfg.heartbeat_s) * 1000), zmq.POLLOUT):
+            try:
+                self.ctl_up.send(raw, zmq.NOBLOCK)
+                self._reported = True
+            except zmq.Again:
+                pass
 
     def heartbeat(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -227,6 +247,13 @@ class Stage:
             self.connect_control()
             self.attach_ring()
             self.setup()
+            poller = getattr(self, "poller", None)
+            if poller is not None and self.ctl_down is not None:
+                # a stage waiting for input wakes on stop/drain at once instead of at its poll timeout
+                # (up to heartbeat_s per stage at the end of every run)
+                import zmq
+
+                poller.register(self.ctl_down, zmq.POLLIN)
             self.heartbeat(force=True)
             while not self.stopping:
                 self.step()

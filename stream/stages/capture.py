@@ -89,9 +89,7 @@ class CaptureStage(Stage):
             for s in raw.split(b","):
                 if s:
                     seq = int(s)
-                    if self.ledger is not None:
-                        self.ledger.ack(seq)
-                    else:
+                    if self.ledger is None or not self.ledger.ack(seq):
                         self.inline_out.pop(seq, None)
 
     def reclaim_stale(self) -> None:
@@ -130,8 +128,8 @@ class CaptureStage(Stage):
     def replay(self) -> None:
         self.pending.clear()
         if self.ledger is not None:
-            for _seq, header in self.ledger.unacked():
-                self.pending.append([header])
+            for _seq, stored in self.ledger.unacked():
+                self.pending.append(list(stored) if isinstance(stored, list) else [stored])
         else:
             for _seq, msg in sorted(self.inline_out.items()):
                 self.pending.append(msg)
@@ -153,12 +151,26 @@ class CaptureStage(Stage):
         self.eos_sent = True
         self.source.close()
 
+    source_failure: tuple[str, float] | None = None  # (why, when) the source ended with an error
+
+    def report_source_failure(self) -> None:
+        """A failed source ends the run with its reason (non-zero exit), once the frames it delivered are
+        written (all acknowledged) or after 10 s: the run must not look successful, nor lose output."""
+        if self.source_failure is not None:
+            why, since = self.source_failure
+            if self.in_flight() == 0 or time.monotonic() - since > 10.0:
+                self.report("fatal", message=why)
+                self.source_failure = None
+
     def step(self) -> None:
         self.drain_acks()
         self.reclaim_stale()
         self.flush()
         self.metrics.queue_depth = self.in_flight()
+        for line in self.source.take_notices():  # reconnect attempts, a truncated file: to the terminal
+            self.report("notice", message=line)
         if self.eos_sent:
+            self.report_source_failure()
             self.wait(self.cfg.heartbeat_s)
             return
         if self.draining or (self.cfg.max_frames is not None and self.seq >= self.cfg.max_frames):
@@ -180,6 +192,8 @@ class CaptureStage(Stage):
             self.metrics.drop("decode_error")
             return
         if frame.status is ReadStatus.EOS:
+            if frame.error:  # the source failed (reconnect budget spent, connection lost)
+                self.source_failure = (frame.error, time.monotonic())
             self.finish()
             return
         self.metrics.frames_in += 1
@@ -199,19 +213,26 @@ class CaptureStage(Stage):
         hdr.extra["src"] = self.src_info
         hdr.drops = dict(self.metrics.drops)
         slot = self.ledger.take() if self.ledger is not None else None
-        if slot is not None and self.ring.fits("frame", image.nbytes):
-            self.ring.write(slot, "frame", np.ascontiguousarray(image))
+        if slot is not None:
+            # every frame takes a slot (its credit, and the room for its prepared input); a frame larger
+            # than the slot's frame region (the source changed size, or the ring was sized without a
+            # probe) travels inline and the whole message is kept for a replay
             hdr.slot = slot
-            hdr.stamp("capture")
-            msg = H.encode(hdr)
-            self.ledger.sent(self.seq, slot, bytes(msg[0]))
+            if self.ring.fits("frame", image.nbytes):
+                self.ring.write(slot, "frame", np.ascontiguousarray(image))
+                hdr.stamp("capture")
+                msg = H.encode(hdr)
+                self.ledger.sent(self.seq, slot, bytes(msg[0]))
+            else:
+                hdr.stamp("capture")
+                msg = H.encode(hdr, {"frame": image})
+                self.ledger.sent(self.seq, slot, [bytes(m) for m in msg])
+                self.metrics.extra["inline"] = self.metrics.extra.get("inline", 0) + 1
         else:
-            if slot is not None:  # frame larger than the ring's slots (size change): send inline
-                self.ledger.give_back(slot)
             hdr.stamp("capture")
             msg = H.encode(hdr, {"frame": image})
-            if self.ledger is None:  # keep the whole message: a replay needs the pixels too
-                self.inline_out[self.seq] = [bytes(m) for m in msg]
+            # keep the whole message: a replay needs the pixels too
+            self.inline_out[self.seq] = [bytes(m) for m in msg]
         self.send(msg)
         self.seq += 1
         self.metrics.frames_out += 1

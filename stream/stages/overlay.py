@@ -96,6 +96,7 @@ class OverlayStage(Stage):
         self.src: dict = {}
         self.done = False
         self.live_stats = LiveStats()
+        self.files: list[str] = []
 
     def _blend_fn(self):
         try:  # the shared overlay renderer (palette, legend); a plain LUT blend is the fallback
@@ -112,6 +113,7 @@ class OverlayStage(Stage):
             "next_seq": getattr(self, "next_seq", 0),
             "total": getattr(self, "total", None),
             "duplicates": getattr(self, "duplicates", 0),
+            "files": list(getattr(self, "files", [])),
         }
 
     def open_sinks(self, hdr: H.FrameHeader) -> None:
@@ -129,26 +131,89 @@ class OverlayStage(Stage):
             total_frames=src.get("total"),
         )
         for s in self.sinks:
+            roll = getattr(s, "roll", None)
+            if self.ctx.instance > 0 and roll is not None:
+                # a restarted overlay (live source) must not overwrite what the one before it wrote
+                path = roll(self.ctx.instance)
+                self.report("notice", message=f"overlay restarted: output continues in {path}")
             try:
                 s.open(info)
             except Exception as e:
                 self.report("fatal", message=str(e))
                 raise
+        # the files this instance writes, so the run's summary names every one of them
+        self.files = [str(s.path) for s in self.sinks if getattr(s, "roll", None) and hasattr(s, "path")]
         self.opened = True
+
+    def malformed(self, why: str) -> None:
+        """A message that is not a result of ours (the results port may be tcp, open to anyone): count it,
+        drop it, and keep going; the first few reasons go to the stage log."""
+        n = self.metrics.extra["malformed"] = self.metrics.extra.get("malformed", 0) + 1
+        if n <= 5:
+            print(f"overlay: dropped a malformed message: {why}", flush=True)
+
+    def joining(self) -> bool:
+        """A restarted overlay on a live stream takes up at whatever seq comes first."""
+        return self.ctx.instance > 0 and self.written == 0 and not self.buffer and self.next_seq == 0
+
+    def check(self, hdr: H.FrameHeader, arrays: dict) -> str | None:
+        """Why a decoded message cannot be a result of this pipeline (None when it can)."""
+        if hdr.kind not in (H.FRAME, H.EOS):
+            return None  # ignored below
+        src = hdr.extra.get("src", {})
+        if not isinstance(src, dict) or not all(
+            src.get(k) is None or (isinstance(src[k], (int, float)) and not isinstance(src[k], bool))
+            for k in ("w", "h", "fps", "total")
+        ):
+            return f"seq {hdr.seq}: source info is not an object of numbers"
+        # capture never has more than the ring's frames in flight (a restarted live capture jumps that
+        # far again): a seq further ahead is no frame of ours, and skipping up to it would walk a huge gap
+        window = 4 * max(self.cfg.slots, 16)
+        if hdr.seq < 0 or (hdr.seq >= self.next_seq + window and not self.joining()):
+            return f"seq {hdr.seq} is far from the next expected seq {self.next_seq}"
+        if hdr.kind == H.EOS:
+            return None
+        mask = arrays.get("mask")
+        if mask is None or mask.ndim != 2 or mask.dtype != np.uint8 or not mask.size:
+            return f"seq {hdr.seq}: no 2-D uint8 mask part"
+        conf = arrays.get("confidence")
+        if conf is not None and (conf.ndim != 2 or conf.dtype != np.uint8):
+            return f"seq {hdr.seq}: confidence part is not a 2-D uint8 map"
+        frame = arrays.get("frame")
+        if frame is not None:
+            if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or not frame.size:
+                return f"seq {hdr.seq}: inline frame is not an 8-bit BGR image"
+            return None
+        shape = tuple(hdr.shape)
+        if self.ring is None or not 0 <= hdr.slot < self.ring.layout.slots:
+            return f"seq {hdr.seq}: slot {hdr.slot} and no inline frame"
+        if len(shape) != 3 or shape[2] != 3 or hdr.dtype != "uint8" or min(shape) <= 0:
+            return f"seq {hdr.seq}: frame shape {shape} {hdr.dtype} is not an 8-bit BGR image"
+        if not self.ring.fits("frame", int(np.prod(shape, dtype=np.int64))):
+            return f"seq {hdr.seq}: frame shape {shape} does not fit a ring slot"
+        return None
 
     def receive(self) -> None:
         for frames in self.incoming(min(self.cfg.heartbeat_s, 0.05)):
-            hdr, arrays = H.decode(frames)
+            try:
+                hdr, arrays = H.decode(frames)
+            except H.HeaderError as e:
+                self.malformed(str(e))
+                continue
+            why = self.check(hdr, arrays)
+            if why is not None:
+                self.malformed(why)
+                continue
             if hdr.extra.get("src"):
                 self.src = hdr.extra["src"]
                 self.live = bool(self.src.get("live"))
+            if hdr.kind in (H.FRAME, H.EOS) and self.live and self.joining():
+                self.next_seq = hdr.seq
             if hdr.kind == H.EOS:
                 self.total = hdr.seq
                 continue
             if hdr.kind != H.FRAME:
                 continue
-            if self.live and self.written == 0 and not self.buffer and self.next_seq == 0:
-                self.next_seq = hdr.seq  # a restarted overlay on a live stream joins where it is
             if hdr.seq < self.next_seq or hdr.seq in self.buffer:
                 self.duplicates += 1  # a replayed frame that had made it after all
                 continue

@@ -33,8 +33,19 @@ class PreprocessStage(Stage):
         self.uint8 = bool(self.ctx.model.get("wants_uint8", False))
         self.inp = open_socket(self.zctx, self.ctx.endpoints["in"])
         self.out = open_socket(self.zctx, self.ctx.endpoints["out"])
+        self.monitor = None
+        self.remote: dict | None = None
+        self._peers: set[int] = set()  # tcp connections (by fd) of the remote infer workers
         if self.ctx.endpoints.get("out_remote"):  # tcp workers share the same PUSH (load-balanced)
-            self.out.bind(parse_endpoint(self.ctx.endpoints["out_remote"], "push", True).address)
+            address = parse_endpoint(self.ctx.endpoints["out_remote"], "push", True).address
+            # a worker that vanishes takes the frames it was handed with it: watch connections so the
+            # supervisor can have capture re-send them; ZMTP heartbeats find a peer whose host went away
+            # without closing the connection
+            self.monitor = self.out.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+            self.out.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            self.out.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
+            self.out.bind(address)
+            self.remote = {"endpoint": address, "connected": 0, "lost": 0}
         self.inline = bool(self.cfg.remote_infer) or self.ring is None
         self.poller = zmq.Poller()
         self.poller.register(self.inp, zmq.POLLIN)
@@ -50,6 +61,36 @@ class PreprocessStage(Stage):
         w, h = self.meta.input_size
         prepare_batch([np.zeros((h * 3 // 2, w * 3 // 2, 3), np.uint8)], self.meta, uint8=self.uint8)
 
+    def poll_control(self) -> list:
+        self.poll_monitor()
+        return super().poll_control()
+
+    def poll_monitor(self) -> None:
+        """Count the remote workers connected; report each one that goes away at once."""
+        if self.monitor is None:
+            return
+        import zmq
+        from zmq.utils.monitor import recv_monitor_message
+
+        while True:
+            try:
+                ev = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if not bytes(ev.get("endpoint") or b"").startswith(b"tcp://"):
+                continue  # local workers are the supervisor's to watch
+            fd = int(ev["value"])
+            if ev["event"] == zmq.EVENT_ACCEPTED:
+                self._peers.add(fd)
+            elif ev["event"] == zmq.EVENT_DISCONNECTED and fd in self._peers:
+                self._peers.discard(fd)
+                self.remote["lost"] += 1
+                self.report("peer_lost", endpoint=self.remote["endpoint"], connected=len(self._peers))
+            self.remote["connected"] = len(self._peers)
+
+    def heartbeat_extra(self) -> dict:
+        return {"remote": dict(self.remote)} if getattr(self, "remote", None) else {}
+
     def step(self) -> None:
         from engines.runtime.preprocess import prepare_batch
 
@@ -63,9 +104,9 @@ class PreprocessStage(Stage):
                 batch = prepare_batch([frame_of(self.ring, hdr, arrays)], self.meta, uint8=self.uint8)
                 x = batch[0]
                 hdr.stamp("preprocess")
-                # a frame that came inline is in no slot: it rides along so the overlay stage gets it
+                # a frame that came inline (no ring, or too large for its slot) rides along to the overlay
                 keep = {"frame": arrays["frame"]} if "frame" in arrays else {}
-                if not self.inline and self.ring.fits("input", x.nbytes):
+                if not self.inline and hdr.slot >= 0 and self.ring.fits("input", x.nbytes):
                     self.ring.write(hdr.slot, "input", x)
                     hdr.extra["in"] = [list(x.shape), x.dtype.str]
                     msg = H.encode(hdr, keep)

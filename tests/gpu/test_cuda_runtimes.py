@@ -1,8 +1,8 @@
 """CUDA paths of engines.runtime: PyTorch FP32/FP16 on the GPU, GPU-side normalization, batching, and
 TensorRT / ONNX Runtime CUDA where installed. Skips cleanly without a CUDA GPU.
 
-Model: $SEGSTREAM_TEST_MODEL (a trained checkpoint) if set, else a Fast-SCNN briefly trained on CamVid
-when ../shared is present, else random weights. Comparisons allow only near-tie pixels to differ.
+Model: $SEGSTREAM_TEST_MODEL (a trained checkpoint) if set, else a Fast-SCNN briefly trained on the
+CamVid fixtures (tests/fixtures/camvid). Comparisons allow only near-tie pixels to differ.
 """
 
 from __future__ import annotations
@@ -20,38 +20,22 @@ pytestmark = pytest.mark.skipif(
     + ("torch is a CPU-only build" if torch.version.cuda is None else "no device visible"),
 )
 
-REPO = Path(__file__).resolve().parents[2]
-CAMVID = REPO.parent / "shared" / "data" / "camvid"
-
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def checkpoint(tmp_path_factory, camvid: Path) -> Path:
     env = os.environ.get("SEGSTREAM_TEST_MODEL")
     if env:
         return Path(env)
-    root = tmp_path_factory.mktemp("gpu-models")
-    if CAMVID.is_dir():
-        from tests.unit.runtime_models import trained_fastscnn
+    from tests.unit.runtime_models import trained_fastscnn
 
-        return trained_fastscnn(CAMVID, root)
-    from engines.runtime.bench import _random_checkpoint
-
-    return _random_checkpoint("fastscnn", root)
+    return trained_fastscnn(camvid, tmp_path_factory.mktemp("gpu-models"))
 
 
 @pytest.fixture(scope="module")
-def frames() -> list[np.ndarray]:
-    if CAMVID.is_dir():
-        from engines.export import load_images
+def frames(camvid: Path) -> list[np.ndarray]:
+    from engines.export import load_images
 
-        return load_images(CAMVID / "val", 4)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:360, 0:480]
-    out = []
-    for i in range(4):  # gradients, blocks and noise: structure for the net to respond to
-        img = np.stack([(xx + 40 * i) % 256, (yy * 2) % 256, ((xx // 60 + yy // 60) % 2) * 200], -1)
-        out.append(np.clip(img + rng.normal(0, 15, img.shape), 0, 255).astype(np.uint8))
-    return out
+    return load_images(camvid / "val", 4)
 
 
 def _reference(checkpoint: Path, frames, size=None):

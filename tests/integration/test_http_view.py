@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from stream.sinks.http_view import HttpViewSink
@@ -50,7 +53,7 @@ def _get(url: str, timeout: float = 5.0) -> bytes:
 )
 def test_page_in_headless_chromium(live_view):
     sync_api = pytest.importorskip("playwright.sync_api")
-    sink, _ = live_view
+    sink, feeder = live_view
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
@@ -61,7 +64,8 @@ def test_page_in_headless_chromium(live_view):
                 page.goto(sink.url, timeout=15000)
             page = pages[0]
             page.wait_for_function("document.getElementById('overlay').naturalWidth > 0", timeout=15000)
-            assert page.evaluate("document.getElementById('overlay').naturalWidth") == 480
+            width = feeder.frames[0].shape[1]  # the fixture frames' (240)
+            assert page.evaluate("document.getElementById('overlay').naturalWidth") == width
             # the image really changes: hash its pixels twice through a canvas (same origin, not tainted)
             digest = """() => { const img = document.getElementById('overlay');
                 const c = document.createElement('canvas');
@@ -90,27 +94,109 @@ def test_page_in_headless_chromium(live_view):
     assert sink.encoded < sink._frames + 1  # one JPEG per frame at most, whatever the number of viewers
 
 
-def test_stalled_viewer_never_stalls_the_pipeline(live_view):
-    sink, feeder = live_view
-    # a viewer that opens the MJPEG stream and never reads: its socket buffer fills, the server's send blocks
-    stalled = socket.create_connection(("127.0.0.1", sink.port))
+GET_MJPEG = b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def send_queue(server_port: int, client_port: int) -> int | None:
+    """Bytes the server's socket towards 127.0.0.1:client_port holds unacknowledged (/proc/net/tcp)."""
+    local, remote = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[1] == local and f[2] == remote:
+            return int(f[4].split(":")[0], 16)
+    return None
+
+
+class MjpegReader(threading.Thread):
+    """A healthy viewer: reads /stream.mjpg as fast as it comes, counting bytes and parts."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.sendall(GET_MJPEG)
+        self.bytes = self.parts = 0
+
+    def run(self) -> None:
+        marker, tail = b"--segstreamframe", b""
+        try:
+            while chunk := self.sock.recv(1 << 20):
+                self.bytes += len(chunk)
+                data = tail + chunk
+                self.parts += data.count(marker)
+                tail = data[-(len(marker) - 1) :]
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def big_live_view(camvid):
+    """720p frames with noise: each JPEG (quality 95) is ≈ 0.5 MB, 20 a second, so a viewer that never
+    reads fills the loopback buffers (a few MB) in well under a second and the send to it really blocks."""
+    classes, frames, masks = real_samples(camvid)
+    rng = np.random.default_rng(0)
+    big = [
+        np.clip(cv2.resize(f, (1280, 720)) + rng.normal(0, 60, (720, 1280, 3)), 0, 255).astype(np.uint8)
+        for f in frames
+    ]
+    big_masks = [cv2.resize(m, (1280, 720), interpolation=cv2.INTER_NEAREST) for m in masks]
+    sink = HttpViewSink("http://127.0.0.1:0?fps=20&quality=95")
+    sink.open(stream_info(classes, big[0]))
+    feeder = Feeder(sink, big, big_masks, rate=25)
+    feeder.start()
+    yield sink, feeder
+    feeder.stop()
+    sink.close()
+
+
+def test_stalled_viewer_never_stalls_the_pipeline(big_live_view):
+    sink, feeder = big_live_view
+    # A viewer that opens the MJPEG stream and never reads, with a small receive window (set before
+    # connecting so the handshake announces it): the server's send to it fills its buffer and blocks.
+    stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stalled.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    stalled.connect(("127.0.0.1", sink.port))
+    stalled.sendall(GET_MJPEG)
+    stalled_port = stalled.getsockname()[1]
     vanished = socket.create_connection(("127.0.0.1", sink.port))
-    vanished.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
+    vanished.sendall(GET_MJPEG)
+    healthy = MjpegReader(sink.port)
+    healthy.start()
     time.sleep(0.3)
     vanished.close()
     try:
-        before = feeder.written
-        time.sleep(2.0)
-        assert feeder.written - before > 30  # 25 fps feeder kept its pace
-        assert max(feeder.write_times) < 0.5  # a stall would last the 10 s send timeout
+        # Proof of a real stall: the server holds unsent bytes for that viewer and cannot hand it more
+        # (its send queue is full and stays put; below, the healthy viewer gets far more meanwhile).
+        end, queued = time.monotonic() + 10, []
+        while time.monotonic() < end:
+            queued = (queued + [send_queue(sink.port, stalled_port)])[-3:]
+            if len(queued) == 3 and queued[0] and len(set(queued)) == 1:
+                break
+            time.sleep(0.25)
+        else:
+            pytest.fail(f"the viewer never stalled: send queue {queued}")
+        stuck = queued[-1]
+
+        before, t0 = feeder.written, time.monotonic()
+        got_bytes, got_parts = healthy.bytes, healthy.parts
+        time.sleep(3.0)
+        elapsed = time.monotonic() - t0
+        written = feeder.written - before
+        # the pipeline kept its pace (25 a second, less the feeder's own work on busy cores); a
+        # synchronous write to the stalled viewer would have blocked for the 10 s send timeout
+        assert written >= 0.5 * 25 * elapsed, f"{written} frames in {elapsed:.1f} s"
+        assert max(feeder.write_times) < 0.5
+        # the healthy viewer kept receiving: many JPEGs, far more bytes than the stalled one holds
+        assert healthy.parts - got_parts >= 10
+        assert healthy.bytes - got_bytes > 2 * stuck
+        # and the stalled viewer was stalled all along (same bytes waiting, connection still there)
+        assert send_queue(sink.port, stalled_port) == stuck
         stats = json.loads(_get(sink.url + "stats.json"))
-        assert stats["frames"] > before and stats["viewers"] >= 1
-        jpeg = _get(sink.url + "frame.jpg")  # a healthy viewer is still served
+        assert stats["frames"] > before and stats["viewers"] >= 2
+        jpeg = _get(sink.url + "frame.jpg")  # a one-shot request is still served
         assert jpeg[:2] == b"\xff\xd8"
     finally:
         stalled.close()
+        healthy.sock.close()
 
 
 def test_bad_spec_and_busy_port(camvid):

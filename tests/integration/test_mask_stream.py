@@ -212,7 +212,7 @@ def test_bad_sink_options_are_one_clear_error(samples):
 
 
 @pytest.mark.timeout(180)
-def test_segstream_run_delivers_every_mask_to_a_recorder(tmp_path, video_dir, onnx_model):
+def test_segstream_run_delivers_every_mask_to_a_recorder(tmp_path, avi_clip, onnx_model):
     """`segstream run CLIP --sink zmq-pub://...` in one process, `segstream subscribe --lossless` and the
     Node.js client in others: every frame of the file arrives, in order, with its header; the live view
     of the same run answers too."""
@@ -232,7 +232,7 @@ def test_segstream_run_delivers_every_mask_to_a_recorder(tmp_path, video_dir, on
         node_args = [f"tcp://127.0.0.1:{port}", "--lossless", "--count", "100000", "--timeout", "90"]
         node = subprocess.Popen(["node", str(NODE_CLIENT), *node_args], text=True, stdout=subprocess.PIPE)
     run = segstream(
-        "run", str(video_dir / "vtest.avi"), "--model", str(onnx_model), "--max-frames", str(n),
+        "run", str(avi_clip.path), "--model", str(onnx_model), "--max-frames", str(n),
         "--no-progress",
         "--sink",
         f"zmq-pub://127.0.0.1:{port}?wait_recorders={1 if node is None else 2}&encoding=rle&confidence=raw",
@@ -260,7 +260,7 @@ def test_segstream_run_delivers_every_mask_to_a_recorder(tmp_path, video_dir, on
         jsonschema.validate(h, SCHEMA)
         ts = h["timestamps"]
         assert ts["capture"] <= ts["infer"] <= ts["publish"]
-        assert (h["width"], h["height"], h["encoding"], h["num_classes"]) == (480, 360, "rle", 11)
+        assert (h["width"], h["height"], h["encoding"], h["num_classes"]) == (480, 270, "rle", 11)
         # the infer stage was asked for confidence because a sink publishes it
         assert [p["name"] for p in h["parts"]] == ["confidence"]
     first = cv2.imread(str(tmp_path / "rec" / "00000000.png"), cv2.IMREAD_UNCHANGED)

@@ -65,8 +65,8 @@ class Server:
 
 
 @pytest.fixture
-def server(request: pytest.FixtureRequest, video_dir: Path) -> Iterator[Server]:
-    srv = Server(video_dir / "solidWhiteRight.mp4", getattr(request, "param", "tcp"), free_port())
+def server(request: pytest.FixtureRequest, sample_clip) -> Iterator[Server]:
+    srv = Server(sample_clip.path, getattr(request, "param", "tcp"), free_port())
     srv.start()
     yield srv
     srv.stop()

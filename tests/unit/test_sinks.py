@@ -63,10 +63,10 @@ def test_video_sink_writes_every_frame_at_the_source_rate(tmp_path: Path) -> Non
     assert (s["width"], s["height"]) == (160, 120)
 
 
-def test_video_sink_keeps_count_and_rate_of_a_real_clip(video_dir: Path, tmp_path: Path) -> None:
-    src = open_source(str(video_dir / "vtest.avi"))
+def test_video_sink_keeps_count_and_rate_of_a_real_clip(avi_clip, tmp_path: Path) -> None:
+    src = open_source(str(avi_clip.path))
     si = src.open()
-    out = tmp_path / "vtest.mp4"
+    out = tmp_path / "highway.mp4"
     sink = open_sink(f"file:{out}?preset=ultrafast")
     sink.open(info(si.width, si.height, fps=si.fps))
     n = 0

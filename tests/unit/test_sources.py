@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -37,8 +38,8 @@ def ok_frames(frames):
 
 
 # -- video files -----------------------------------------------------------------------------------
-def test_file_reads_every_frame_of_solidwhiteright_in_order(video_dir: Path) -> None:
-    src = open_source(str(video_dir / "solidWhiteRight.mp4"))
+def test_file_reads_every_frame_of_the_bundled_clip_in_order(sample_clip) -> None:
+    src = open_source(str(sample_clip.path))
     info = src.open()
     assert (info.width, info.height, info.fps, info.live, info.total_frames) == (960, 540, 25.0, False, 221)
     frames = read_all(src)
@@ -51,18 +52,19 @@ def test_file_reads_every_frame_of_solidwhiteright_in_order(video_dir: Path) -> 
     assert src.stats.frames == 221 and src.stats.decode_errors == 0 and src.stats.dropped == 0
 
 
-def test_file_reads_all_795_frames_of_vtest_avi(video_dir: Path) -> None:
-    src = open_source(f"file:{video_dir / 'vtest.avi'}")
+def test_file_reads_all_663_frames_of_an_avi(avi_clip) -> None:
+    src = open_source(f"file:{avi_clip.path}")
     info = src.open()
-    assert (info.width, info.height, info.fps) == (480, 360, 10.0)
+    assert (info.width, info.height, info.fps) == (480, 270, 10.0)
     ok = ok_frames(read_all(src))
     src.close()
-    assert len(ok) == 795
-    assert ok[-1].index == 794
+    assert avi_clip.frames == 663
+    assert len(ok) == 663 and src.stats.decode_errors == 0
+    assert [f.index for f in ok] == list(range(663))
 
 
-def test_truncated_file_ends_cleanly_with_eos(video_dir: Path, tmp_path: Path) -> None:
-    data = (video_dir / "solidWhiteRight.mp4").read_bytes()
+def test_truncated_file_ends_cleanly_with_eos(sample_clip, tmp_path: Path) -> None:
+    data = sample_clip.path.read_bytes()
     cut = tmp_path / "truncated.mp4"
     cut.write_bytes(data[: int(len(data) * 0.6)])
     src = open_source(str(cut))
@@ -75,8 +77,8 @@ def test_truncated_file_ends_cleanly_with_eos(video_dir: Path, tmp_path: Path) -
     assert [f.index for f in ok] == list(range(len(ok)))
 
 
-def test_decode_error_mid_stream_is_counted_and_skipped(video_dir: Path, tmp_path: Path) -> None:
-    data = bytearray((video_dir / "solidWhiteRight.mp4").read_bytes())
+def test_decode_error_mid_stream_is_counted_and_skipped(sample_clip, tmp_path: Path) -> None:
+    data = bytearray(sample_clip.path.read_bytes())
     for frac in (0.3, 0.5):  # scribble over two places in the middle of the data
         off = int(len(data) * frac)
         data[off : off + 3000] = np.random.default_rng(7).integers(0, 256, 3000, dtype=np.uint8).tobytes()
@@ -133,33 +135,38 @@ def test_frame_size_change_mid_stream_passes_through(tmp_path: Path) -> None:
     assert shapes == [(48, 64)] * 5 + [(64, 96)] * 5
 
 
-def test_file_loop_starts_again(video_dir: Path) -> None:
-    src = open_source(f"{video_dir / 'vtest.avi'}?loop=1")
+def test_file_loop_starts_again(avi_clip) -> None:
+    src = open_source(f"{avi_clip.path}?loop=1")
     info = src.open()
     assert info.total_frames is None
-    indices = [src.read().index for _ in range(800)]
+    frames = [src.read() for _ in range(avi_clip.frames + 5)]
     src.close()
-    assert indices == list(range(800))  # 795 frames, then the first ones again, indices keep counting
+    # 663 frames, then the first ones again; indices keep counting
+    assert [f.index for f in frames] == list(range(avi_clip.frames + 5))
+    assert np.array_equal(frames[avi_clip.frames].image, frames[0].image)
 
 
 # -- image folders -----------------------------------------------------------------------------------
 def test_image_folder_reads_every_image_in_order(camvid: Path) -> None:
     folder = camvid / "val" / "images"
     expected = sorted(folder.glob("*.jpg"))
+    assert len(expected) == 6
     src = open_source(f"images:{folder}")
     info = src.open()
     assert info.total_frames == len(expected) and not info.live
     ok = ok_frames(read_all(src))
     src.close()
     assert len(ok) == len(expected)
-    assert ok[0].image.shape == (360, 480, 3)
+    assert ok[0].image.shape == (180, 240, 3)
+    for f, p in zip(ok, expected, strict=True):  # in name order, each image its own file
+        assert np.array_equal(f.image, cv2.imread(str(p)))
 
 
 def test_image_glob_and_bare_folder(camvid: Path) -> None:
-    folder = camvid / "val" / "images"
-    pattern = str(folder / "0016E5_0796*.jpg")
-    expected = sorted(folder.glob("0016E5_0796*.jpg"))
-    assert 0 < len(expected) < 20
+    folder = camvid / "train" / "images"
+    pattern = str(folder / "0006R0_*.jpg")  # one drive of the three in the folder
+    expected = sorted(folder.glob("0006R0_*.jpg"))
+    assert len(expected) == 4 and len(list(folder.glob("*.jpg"))) == 12
     src = open_source(pattern)
     assert isinstance(src, ImageSource)
     src.open()
@@ -268,10 +275,11 @@ def test_missing_webcam_is_a_clear_error() -> None:
 
 
 # -- URI mapping -----------------------------------------------------------------------------------------
-def test_uri_mapping_picks_the_right_source(video_dir: Path) -> None:
+def test_uri_mapping_picks_the_right_source(avi_clip, sample_clip) -> None:
     assert isinstance(open_source("synthetic://"), SyntheticSource)
     assert isinstance(open_source("webcam:0"), WebcamSource)
-    assert isinstance(open_source(str(video_dir / "vtest.avi")), FileSource)
+    assert isinstance(open_source(str(avi_clip.path)), FileSource)
+    assert isinstance(open_source(str(sample_clip.path)), FileSource)
     net = open_source("rtsp://cam.local:554/stream?reconnect=3&timeout=2&token=abc")
     assert isinstance(net, NetworkSource)
     assert net.reconnect == 3 and net.read_timeout == 2.0

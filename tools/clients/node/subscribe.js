@@ -5,13 +5,18 @@
 //
 // Fetches the class table (REQ to PORT+1), subscribes (SUB to PORT, or with --lossless a DEALER
 // to PORT+2 that grants credit, so nothing is missed), decodes each header and the
-// raw / RLE mask, and checks: protocol version, topic == stream, seq increasing, payload size
-// width*height, every class id < num_classes (or the ignore index), class-table digest.
-// Prints one JSON summary line; exit 0 when every check passed, 1 otherwise.
+// raw / RLE mask, and checks what section 11 of the page lists: header size and JSON, protocol
+// version, topic == stream, seq >= 0 and increasing, size limits before allocating, part lengths,
+// RLE runs >= 1 covering width*height, every class id < num_classes (or the ignore index), the
+// class-table digest. A message that fails a check is skipped and its error recorded; the 2-part end
+// message ends the run. Prints one JSON summary line; exit 0 when every check passed, 1 otherwise.
 "use strict";
 
 const crypto = require("crypto");
 const zmq = require("zeromq");
+
+// docs/PROTOCOL.md section 11
+const LIMITS = { headerBytes: 65536, side: 16384, pixels: 7680 * 4320, parts: 16 };
 
 function parseArgs(argv) {
   const args = { endpoint: null, count: 10, timeout: 10, lossless: false };
@@ -34,8 +39,9 @@ function canonical(value) {
   if (value !== null && typeof value === "object") {
     return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(",")}}`;
   }
-  // like Python's json.dumps default (ensure_ascii): non-ASCII as lowercase \uXXXX escapes
-  return JSON.stringify(value).replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+  // like Python's json.dumps default (ensure_ascii): DEL and non-ASCII as lowercase \uXXXX escapes
+  // (characters beyond U+FFFF are already two UTF-16 units here, so they become a surrogate pair)
+  return JSON.stringify(value).replace(/[\u007f-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 async function fetchClasses(host, port, timeoutMs) {
@@ -58,6 +64,7 @@ function rleDecode(buf, n) {
   let pos = 0;
   for (let off = 0; off < buf.length; off += 5) {
     const len = buf.readUInt32LE(off);
+    if (len === 0) throw new Error("RLE run of length 0");
     if (pos + len > n) throw new Error("RLE runs overflow width*height");
     out.fill(buf[off + 4], pos, pos + len);
     pos += len;
@@ -81,33 +88,64 @@ async function main() {
     sub.subscribe();
   }
   let classes = null;
-  const summary = { received: 0, ended: false, seqs: [], width: null, height: null, encodings: [], classes_digest: null, max_id: 0, errors: [] };
+  const summary = { received: 0, ended: false, end_reason: null, missed_at_start: null, seqs: [], width: null, height: null, encodings: [], classes_digest: null, max_id: 0, skipped: 0, errors: [] };
   let lastSeq = -1;
   while (summary.received < args.count) {
     const parts = await sub.receive(); // throws on timeout
     if (args.lossless) await sub.send(["credit", "1"]);
-    const header = JSON.parse(parts[1].toString("utf8"));
-    if (header.kind === "segstream.end") {
+    let header = null;
+    try {
+      if (parts.length < 2 || parts[1].length > LIMITS.headerBytes) throw new Error(`${parts.length} parts or header too large`);
+      header = JSON.parse(parts[1].toString("utf8")); // JSON.parse is iterative in V8: deep nesting cannot crash it
+      if (header === null || typeof header !== "object" || Array.isArray(header)) throw new Error("header is not a JSON object");
+    } catch (err) {
+      summary.skipped++;
+      summary.errors.push(`skipped: ${err.message}`);
+      continue;
+    }
+    if (parts.length === 2 && header.kind === "segstream.end" && header.version === 1) {
       summary.ended = true;
+      if (typeof header.reason === "string") summary.end_reason = header.reason;
       break;
     }
-    const check = (ok, what) => { if (!ok) summary.errors.push(`seq ${header.seq}: ${what}`); };
+    const problems = [];
+    const check = (ok, what) => { if (!ok) problems.push(`seq ${header.seq}: ${what}`); };
     check(header.version === 1, `unknown protocol version ${header.version}`);
-    check(parts[0].toString("utf8") === header.stream, "topic != header.stream");
-    check(parts.length === 3 + header.parts.length, `${parts.length} parts, header announces ${3 + header.parts.length}`);
+    check(header.kind === "segstream.mask", `kind ${header.kind}`);
+    check(parts.length >= 3 && parts[0].toString("utf8") === header.stream, "topic != header.stream");
+    check(Array.isArray(header.parts) && header.parts.length <= LIMITS.parts, "parts missing or too many");
+    check(Number.isInteger(header.seq) && header.seq >= 0, "seq is not an integer >= 0");
+    check(Number.isInteger(header.width) && Number.isInteger(header.height) && header.width >= 1 && header.height >= 1 &&
+      header.width <= LIMITS.side && header.height <= LIMITS.side && header.width * header.height <= LIMITS.pixels,
+      `size ${header.width}x${header.height} outside the limits`);
+    if (problems.length === 0) {
+      check(parts.length === 3 + header.parts.length, `${parts.length} parts, header announces ${3 + header.parts.length}`);
+      check(parts[2].length === header.mask_bytes, `mask part ${parts[2].length} bytes, header says ${header.mask_bytes}`);
+      header.parts.forEach((p, i) => check(parts[3 + i] !== undefined && parts[3 + i].length === p.bytes, `part ${p.name} length`));
+    }
+    if (problems.length) {
+      summary.skipped++;
+      summary.errors.push(...problems);
+      continue;
+    }
     check(header.seq > lastSeq, `seq ${header.seq} after ${lastSeq}`);
     lastSeq = header.seq;
+    if (summary.missed_at_start === null) summary.missed_at_start = header.seq; // seq counts from 0
     if (!classes || classes.digest !== header.classes_digest) {
-      classes = await fetchClasses(args.host, args.port + 1, timeoutMs);
+      classes = await fetchClasses(args.host, args.port + 1, Math.min(timeoutMs, 2000));
       check(classes.digest === header.classes_digest, "class table digest differs from header");
     }
     const n = header.width * header.height;
     let mask = null;
-    if (header.encoding === "raw") {
-      check(parts[2].length === n, `raw mask ${parts[2].length} bytes, expected ${n}`);
-      mask = parts[2];
-    } else if (header.encoding === "rle") {
-      mask = rleDecode(parts[2], n);
+    try {
+      if (header.encoding === "raw") {
+        check(parts[2].length === n, `raw mask ${parts[2].length} bytes, expected ${n}`);
+        mask = parts[2];
+      } else if (header.encoding === "rle") {
+        mask = rleDecode(parts[2], n);
+      }
+    } catch (err) {
+      check(false, err.message);
     }
     if (mask) {
       const ignore = classes.classes.ignore_index;
@@ -119,6 +157,7 @@ async function main() {
         if (id >= numClasses && id !== ignore) { check(false, `class id ${id} at pixel ${i}`); break; }
       }
     }
+    summary.errors.push(...problems);
     summary.received++;
     summary.seqs.push(header.seq);
     summary.width = header.width;
