@@ -36,14 +36,14 @@ from typing import Protocol
 # the project modules the stages import during set-up. A name that fails with ImportError is skipped by
 # the forkserver (e.g. onnxruntime on a TensorRT-only install). No name may contain "worker": the
 # forkserver's own command line lists them, and stage processes are recognised by "worker STAGE".
-# Only imports happen there, never a session or a socket: forking a process that holds one is unsafe
-# (onnxruntime 1.32 does start a telemetry thread on import; the forked stages ran clean in every test).
+# Only imports happen there, never a session or a socket: forking a process that holds one is unsafe.
+# onnxruntime stays out: its import starts a native telemetry thread that writes a sqlite file, and a fork
+# taken while that thread holds a lock could hang a stage; each infer stage imports it itself (~0.2 s).
 PRELOAD = [
     "numpy",
     "cv2",
     "zmq",
     "av",
-    "onnxruntime",
     "stream.cli",
     "stream.config",
     "stream.cpus",
@@ -63,7 +63,6 @@ PRELOAD = [
     "stream.stages.overlay",
     "engines.meta",
     "engines.runtime",
-    "engines.runtime.onnxruntime",
     "engines.runtime.preprocess",
     "stream.launch",
 ]

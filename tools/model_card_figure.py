@@ -42,8 +42,9 @@ def main() -> None:
         gt = blend(img, colorize(label, lut), 0.6)
         gt[label == classes.ignore_index] = img[label == classes.ignore_index]
         tiles = [img, gt, blend(img, colorize(pred, lut), 0.6)]
-        tiles = [cv2.resize(t, None, fx=args.scale, fy=args.scale, interpolation=cv2.INTER_AREA)
-                 for t in tiles]
+        tiles = [
+            cv2.resize(t, None, fx=args.scale, fy=args.scale, interpolation=cv2.INTER_AREA) for t in tiles
+        ]
         rows.append(np.hstack(tiles))
     grid = np.vstack(rows)
     legend = legend_image(classes)

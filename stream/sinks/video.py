@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FPS = 25.0  # when the source does not know its rate
 # x264 preset: measured at 960x540 on this 2-core machine, ultrafast ≈ 3x, superfast ≈ 1.7x the speed of
-# veryfast, at ≈ 2.2x / 1.7x the file size; superfast keeps encoding well off the critical path.
+# veryfast, at ≈ 2.2x / 1.7x the file size. The default (stream/uri.py) is ultrafast: on 2 cores the encoder's
+# CPU competes with inference, and superfast cost the overlay stage twice the CPU of ultrafast.
 
 
 def segment_path(path: Path, segment: int) -> Path:
