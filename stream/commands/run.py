@@ -217,9 +217,7 @@ def run(args: argparse.Namespace) -> int:
     # starts (a file source is opened and closed once; its frame size sizes the ring)
     source = probe_source(cfg)
     for s in cfg.sinks:
-        sink = open_sink(s)
-        if hasattr(sink, "preflight"):
-            sink.preflight()
+        open_sink(s).preflight()
     from stream.exposure import check_exposure
 
     # on the user's terminal before stages start: the stages' own output goes to their log files

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,3 +60,24 @@ class Sink(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def preflight(self) -> None:  # noqa: B027 - optional hook: most sinks have nothing to check early
+        """Refuse, before any process starts, what ``open()`` would refuse later (paths, permissions)."""
+
+
+def check_writable_under(spec: str, path: Path) -> None:
+    """Raise SinkError unless ``path`` (a file or folder, existing or not) could be created or written:
+    probes the nearest existing folder with a temporary file (removed at once), so permissions, read-only
+    mounts and root all answer the same way; creates nothing that stays."""
+    import tempfile
+
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise SinkError(f"{spec}: {folder} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise SinkError(f"{spec}: cannot write in {folder} ({e.strerror or e})") from None

@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import cv2
-
-from stream.sinks.base import Result, Sink, SinkError, StreamInfo
+from stream.sinks.base import Result, Sink, SinkError, StreamInfo, check_writable_under
 
 WHAT = ("overlay", "mask", "frame")
 
@@ -36,6 +34,11 @@ class ImageFolderSink(Sink):
         self.wants_overlay = "overlay" in self.what
         self.files_written = 0
 
+    def preflight(self) -> None:
+        if self.folder.exists() and not self.folder.is_dir():
+            raise SinkError(f"{self.spec}: {self.folder} is a file, not a folder")
+        check_writable_under(self.spec, self.folder)
+
     def open(self, info: StreamInfo) -> None:
         for w in self.what:
             d = self.folder / w
@@ -47,6 +50,8 @@ class ImageFolderSink(Sink):
                 raise SinkError(f"{self.spec}: folder {d} is not writable")
 
     def _save(self, kind: str, index: int, image) -> None:
+        import cv2  # lazily: the supervisor imports this module for preflight() and needs no cv2
+
         # Masks are always PNG: a lossy format would change class ids.
         ext = "png" if kind == "mask" else self.image_format
         path = self.folder / kind / f"{index:06d}.{ext}"

@@ -20,10 +20,9 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
 
-from stream.sinks.base import Result, Sink, SinkError, StreamInfo
+from stream.sinks.base import Result, Sink, SinkError, StreamInfo, check_writable_under
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +75,10 @@ class VideoFileSink(Sink):
         self._time_base = Fraction(1, 25)
 
     def preflight(self) -> None:
-        """What ``open()`` would refuse about the path, found before any process starts; creates nothing
-        (a probe file in the nearest existing folder is removed at once)."""
-        import tempfile
-
+        """What ``open()`` would refuse about the path, found before any process starts; creates nothing."""
         if self.path.is_dir():
             raise SinkError(f"{self.spec}: is a directory")
-        folder = self.path.parent
-        while not folder.exists() and folder != folder.parent:
-            folder = folder.parent
-        if not folder.is_dir():
-            raise SinkError(f"{self.spec}: {folder} is not a folder")
-        try:  # the real test: permissions, read-only mounts and root all answer it the same way
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as e:
-            raise SinkError(f"{self.spec}: cannot write in {folder} ({e.strerror or e})") from None
+        check_writable_under(self.spec, self.path)
         if self.path.exists() and not os.access(self.path, os.W_OK):
             raise SinkError(f"{self.spec}: {self.path} is not writable")
 
@@ -149,6 +136,8 @@ class VideoFileSink(Sink):
 
     def _fit(self, image: np.ndarray) -> np.ndarray:
         """Make the frame the encoder's size: pad odd sizes by one edge pixel; rescale a changed size."""
+        import cv2  # lazily: the supervisor imports this module for preflight() and needs no cv2
+
         if image.ndim == 2:
             image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
         h, w = image.shape[:2]

@@ -10,8 +10,6 @@ import re
 import time
 from pathlib import Path
 
-import cv2
-
 from stream.sources.base import Frame, ReadStatus, Source, SourceError, SourceInfo, SourceStats
 
 IMAGE_SUFFIXES = frozenset([".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"])
@@ -52,6 +50,8 @@ class ImageSource(Source):
         self.files = list_images(self.pattern)
         if not self.files:
             raise SourceError(f"{self.uri}: no images found ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        import cv2  # here, not at the top: the supervisor imports this module only to classify a source
+
         first = cv2.imread(self.files[0], cv2.IMREAD_COLOR)
         if first is None:
             raise SourceError(f"{self.uri}: cannot read image {self.files[0]}")
@@ -75,6 +75,8 @@ class ImageSource(Source):
             self._pos = 0
         path = self.files[self._pos]
         self._pos += 1
+        import cv2
+
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
             self.stats.decode_errors += 1

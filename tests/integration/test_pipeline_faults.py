@@ -351,15 +351,24 @@ def test_stalled_overlay_on_a_file_leaves_a_playable_mp4(tmp_path, onnx_model):
 
 @pytest.mark.parametrize(
     ("what", "expect"),
-    [("missing-input", "file not found"), ("unwritable-sink", "is not a folder")],
+    [
+        ("missing-input", "file not found"),
+        ("unwritable-sink", "is not a folder"),
+        ("image-folder-is-a-file", "is a file, not a folder"),
+        ("image-folder-under-a-file", "is not a folder"),
+    ],
 )
 def test_errors_that_need_no_stage_come_before_any_stage(tmp_path, onnx_model, what, expect):
     (tmp_path / "plain-file").write_text("not a folder")
     source, sink = "synthetic://?frames=5", str(tmp_path / "out.mp4")
     if what == "missing-input":
         source = str(tmp_path / "missing.mp4")
-    else:
+    elif what == "unwritable-sink":
         sink = str(tmp_path / "plain-file" / "out.mp4")
+    elif what == "image-folder-is-a-file":
+        sink = f"images:{tmp_path / 'plain-file'}?what=mask"
+    else:
+        sink = f"images:{tmp_path / 'plain-file' / 'frames'}?what=mask"
     t0 = time.monotonic()
     p = start(run_args(source, onnx_model, "--sink", sink), tmp_path)
     seen = []
