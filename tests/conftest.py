@@ -7,7 +7,7 @@
   from the bundled one (no licence-unknown clip is kept in the repo).
 - ``onnx_model``: a small Fast-SCNN exported to ONNX for the pipeline tests.
 
-Nothing outside the clone is read: the suite passes with no ../shared beside the checkout.
+Nothing outside the clone is read: the suite passes with no data folder beside the checkout.
 """
 
 from __future__ import annotations
