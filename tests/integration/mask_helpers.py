@@ -149,12 +149,11 @@ with Subscriber(endpoint, lossless=(mode == "lossless"), credit=4) as sub:
 """
 
 
-def slow_subscriber(
-    endpoint: str, mode: str, delay: float, count: int, idle: float = 5.0
-) -> subprocess.Popen:
+def start_ready(code: str, *args: object) -> subprocess.Popen:
+    """Run ``python -c CODE ARGS...`` with this repo importable; return once it printed "ready"."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
-        [sys.executable, "-c", SLOW_SUBSCRIBER, endpoint, mode, str(delay), str(count), str(idle)],
+        [sys.executable, "-c", code, *map(str, args)],
         cwd=REPO,
         env=env,
         text=True,
@@ -163,3 +162,9 @@ def slow_subscriber(
     )
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     return proc
+
+
+def slow_subscriber(
+    endpoint: str, mode: str, delay: float, count: int, idle: float = 5.0
+) -> subprocess.Popen:
+    return start_ready(SLOW_SUBSCRIBER, endpoint, mode, delay, count, idle)

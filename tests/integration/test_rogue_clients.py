@@ -6,16 +6,14 @@ mp4 is playable."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 
 import av
 import pytest
 
-from .mask_helpers import REPO, free_port_block, segstream
+from .mask_helpers import free_port_block, segstream, start_ready
 
 # A recorder that misbehaves in one way, as its own process:
 #   python -c ROGUE ENDPOINT MODE SECONDS
@@ -49,17 +47,7 @@ print(json.dumps({"masks": masks, "end": end}), flush=True)
 
 
 def _rogue(endpoint: str, mode: str, seconds: float) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", ROGUE, endpoint, mode, str(seconds)],
-        cwd=REPO,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    return proc
+    return start_ready(ROGUE, endpoint, mode, seconds)
 
 
 def _frames_in(path) -> int:

@@ -4,7 +4,6 @@ train/eval by drive, k-fold by drive, and the errors a user gets for a drive or 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rich.console import Console
-from torch import nn
 
 from engines.data import (
     DatasetError,
@@ -23,27 +20,10 @@ from engines.data import (
     split_by_drive,
 )
 from engines.train import TrainConfig, TrainError, train, train_folds
+from tests.unit.tiny_training import quiet, tiny
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVES = ("0001TP", "0006R0", "0016E5")
-
-
-class TinyNet(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.head = nn.Conv2d(8, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-def tiny(arch: str, **kw) -> nn.Module:
-    return TinyNet(**kw)
-
-
-def quiet() -> Console:
-    return Console(file=open(os.devnull, "w"), width=120)  # noqa: SIM115
 
 
 def cfg(camvid: Path, out: Path, **kw) -> TrainConfig:

@@ -5,32 +5,12 @@ several sessions needs)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from torch import nn
 
 from engines.train import TrainConfig, resume, train
-
-
-class TinyNet(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.head = nn.Conv2d(8, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-def tiny(arch: str, **kw) -> nn.Module:
-    return TinyNet(**kw)
-
-
-def quiet() -> Console:
-    return Console(file=open(os.devnull, "w"), width=120)  # noqa: SIM115
+from tests.unit.tiny_training import quiet, tiny
 
 
 def test_resumed_time_boxed_run_keeps_annealing(camvid: Path, tmp_path: Path) -> None:

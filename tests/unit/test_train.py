@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
 from torch import nn
 
 from engines.train import (
@@ -22,24 +21,7 @@ from engines.train import (
     resume,
     train,
 )
-
-
-class TinyNet(nn.Module):
-    """conv-bn-relu-conv: enough to overfit four images in a few steps."""
-
-    def __init__(self, num_classes: int, in_channels: int = 3, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout2d(dropout)
-        )
-        self.head = nn.Conv2d(8, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x))
-
-
-def tiny(arch: str, **kw) -> nn.Module:
-    return TinyNet(**kw)
+from tests.unit.tiny_training import TinyNet, quiet, tiny
 
 
 class Interrupting(TinyNet):
@@ -53,10 +35,6 @@ class Interrupting(TinyNet):
             if Interrupting.calls == 3:
                 os.kill(os.getpid(), signal.SIGINT)
         return super().forward(x)
-
-
-def quiet() -> Console:
-    return Console(file=open(os.devnull, "w"), width=120)  # noqa: SIM115
 
 
 def cfg(camvid: Path, out: Path, **kw) -> TrainConfig:
