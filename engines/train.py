@@ -62,6 +62,7 @@ class TrainConfig:
     group_regex: str | None = None  # drive = this regex on file names (default: the CamVid prefix)
     pretrained: bool | None = None  # None: load shipped encoder weights when the arch has them
     teacher: str | None = None  # .pt/.onnx whose soft predictions the student also learns from
+    init: str | None = None  # .pt whose weights a new run starts from (fresh optimizer and schedule)
     distill_weight: float | None = None  # factor of the KL term (default 1.0 with a teacher)
     distill_temp: float | None = None  # softmax temperature of the KL term (default 2.0)
     out: str | None = None
@@ -289,6 +290,8 @@ class Trainer:
             # from the file names alone, before minutes of decoding images
             check_drives(drives, drives_in(c.data, c.group_regex, c.limit), "--holdout-drive")
         build_loss(c.loss, 2, None)  # a bad --loss is reported before the data is loaded
+        if c.init is not None and not Path(c.init).is_file():
+            raise TrainError(f"--init {c.init}: file not found")
         if c.teacher is None and (c.distill_weight is not None or c.distill_temp is not None):
             raise TrainError("--distill-weight/--distill-temp need a --teacher MODEL")
         if c.teacher is not None:
@@ -364,7 +367,7 @@ class Trainer:
         if self.ck is not None:
             self.arch_args = dict(self.ck["arch_args"])
         self.model = self.builder(c.arch, **self.arch_args)
-        self.pretrained = self._load_pretrained()
+        self.pretrained = self._load_init() if (c.init and self.ck is None) else self._load_pretrained()
         self.model.to(self.device)
         self.channels_last = bool(c.extra.get("channels_last", self.cuda))
         if self.channels_last:
@@ -464,6 +467,25 @@ class Trainer:
         self._resumed_progress = 0.0
         if self.ck is not None:
             self._restore(self.ck)
+
+    def _load_init(self) -> str:
+        """Warm start (e.g. a second annealing cycle): the weights of INIT, a fresh optimizer and schedule."""
+        ck = load_checkpoint(self.cfg.init)
+        if ck["arch"] != self.cfg.arch:
+            raise TrainError(f"--init {self.cfg.init}: arch '{ck['arch']}' is not --arch '{self.cfg.arch}'")
+        try:
+            self.model.load_state_dict(ck["model"])
+        except RuntimeError as e:  # other class count or width: the user's to fix
+            first = str(e).strip().splitlines()[0]
+            raise TrainError(f"--init {self.cfg.init}: weights do not fit this model ({first})") from None
+        self.console.print(f"weights: started from {self.cfg.init} (epoch {ck.get('epoch')})")
+        seen = json.loads(ck.get("meta") or "{}").get("extra", {}).get("train_drives") or {}
+        leak = sorted(set(self.val_drives) & set(seen))
+        if leak:  # validation would measure memory of those drives, not generalization
+            self.console.print(
+                f"[yellow]warning: --init {self.cfg.init} trained on validation drive(s) {', '.join(leak)}"
+            )
+        return f"init:{Path(self.cfg.init).name}"
 
     def _load_pretrained(self) -> str | None:
         """Load shipped encoder weights into a new run's model; a resumed run has its own weights."""

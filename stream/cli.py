@@ -34,18 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"] and not {"-h", "--help"} & set(argv):
+        # stages are forked from a template process that imports numpy, cv2, av, ... once: start it
+        # before anything else (even building the parser) so that its imports overlap all of the run's
+        # own preparation (stream.launch)
+        from stream.launch import prestart
+
+        prestart()
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except SystemExit:
+        _shutdown_launcher(argv[:1])
+        raise
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
     try:
-        if args.command == "run":
-            # stages are forked from a template process that imports numpy, cv2, onnxruntime, ... once:
-            # start it now so that its imports overlap the run's own preparation (stream.launch)
-            from stream.launch import prestart
-
-            prestart()
         return int(args._run(args) or 0)
     except SegstreamError as e:
         print(f"segstream {args.command}: error: {e}", file=sys.stderr)
@@ -56,10 +62,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 0
     finally:
-        if args.command == "run":
-            from stream.launch import shutdown
+        _shutdown_launcher([args.command])
 
-            shutdown()
+
+def _shutdown_launcher(command: list[str]) -> None:
+    if command == ["run"]:
+        from stream.launch import shutdown
+
+        shutdown()
 
 
 if __name__ == "__main__":

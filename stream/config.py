@@ -6,6 +6,7 @@ The object serializes to JSON: the supervisor hands it to each stage process tha
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,6 +37,7 @@ class PipelineConfig:
     workers: int = 1  # local infer workers
     threads: int | None = None  # inference threads per worker (None: backend default)
     opacity: float = 0.5
+    shade_uncertain: float | None = None  # overlay: hatch pixels whose confidence is below this (0-1)
     legend: bool = False
     live: bool | None = None  # None: as the source says
     stats_json: str | None = None
@@ -57,6 +59,13 @@ class PipelineConfig:
     run_dir: str | None = None  # where ipc sockets and stage logs live (set by the supervisor)
     progress: bool = True
     pin_cpus: bool = True  # with --threads: infer workers get cores of their own (stream.cpus)
+    # frames larger than the model (engines.tiling): "scaled" resizes the frame to the model input;
+    # "tiled" infers overlapping model-size tiles of the frame resized by infer_scale, blended
+    infer_mode: str = "scaled"
+    infer_scale: float = 1.0
+    tile_overlap: float = 0.25
+    # live sources: step the model input size down under drops, back up with headroom (stream.adaptive)
+    adaptive: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -65,7 +74,14 @@ class PipelineConfig:
         """Whether any sink publishes the confidence map (constructing a sink opens nothing)."""
         from stream.uri import open_sink
 
-        return any(getattr(open_sink(s), "wants_confidence", False) for s in self.sinks)
+        wanted = any(getattr(open_sink(s), "wants_confidence", False) for s in self.sinks)
+        return wanted or self.shade_uncertain is not None  # the shading reads the confidence map
+
+    def wants_maps(self) -> tuple[str, ...]:
+        """Uncertainty maps ('entropy', 'margin') some sink writes: infer computes them from the logits."""
+        from stream.uri import open_sink
+
+        return tuple(sorted({m for s in self.sinks for m in getattr(open_sink(s), "wants_maps", ())}))
 
     def validate(self) -> PipelineConfig:
         def bad(key: str, value: Any, why: str) -> ConfigError:
@@ -85,6 +101,9 @@ class PipelineConfig:
             raise bad("workers", self.workers, "0 local infer workers needs remote_infer endpoints")
         if not isinstance(self.opacity, (int, float)) or not 0.0 <= float(self.opacity) <= 1.0:
             raise bad("opacity", self.opacity, "must be a number in [0, 1]")
+        su = self.shade_uncertain
+        if su is not None and (isinstance(su, bool) or not isinstance(su, (int, float)) or not 0 < su <= 1):
+            raise bad("shade_uncertain", su, "must be a confidence in (0, 1]")
         if not isinstance(self.slots, int) or not 2 <= self.slots <= 256:
             raise bad("slots", self.slots, "must be an integer 2..256")
         for key in (
@@ -110,6 +129,18 @@ class PipelineConfig:
             raise bad("restart_budget", self.restart_budget, "must be a non-negative integer")
         if not isinstance(self.sinks, list) or not all(isinstance(s, str) and s for s in self.sinks):
             raise bad("sinks", self.sinks, "must be a list of sink specs")
+        from engines.tiling import TilingError, check_params
+
+        try:
+            check_params(self.infer_mode, self.infer_scale, self.tile_overlap)
+        except TilingError as e:
+            raise bad(str(e.key), e.value, e.why) from None
+        if not isinstance(self.adaptive, bool):
+            raise bad("adaptive", self.adaptive, "must be true or false")
+        if self.adaptive and self.infer_mode != "scaled":
+            raise bad("adaptive", self.adaptive, "steps the model input size: needs infer_mode 'scaled'")
+        if self.adaptive and self.batch not in (None, 1):
+            raise bad("batch", self.batch, "adaptive runs infer one frame at a time (sizes change)")
         if self.remote_infer:
             from stream.transport import parse_endpoint
 
@@ -145,3 +176,62 @@ class PipelineConfig:
         if not isinstance(d, dict):
             raise ConfigError("config must be a JSON object")
         return cls.from_dict(d)
+
+
+def add_infer_mode_arguments(p: argparse.ArgumentParser) -> None:
+    """--infer-mode / --infer-scale / --tile-overlap, shared by run, predict and eval."""
+    p.add_argument(
+        "--infer-mode",
+        choices=("scaled", "tiled"),
+        default="scaled",
+        help="frames larger than the model: scaled (resize to the model input, fast) or tiled "
+        "(overlapping model-size tiles, blended, full-resolution mask)",
+    )
+    p.add_argument(
+        "--infer-scale",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="tiled: resize the frame by F before tiling (0.5 on 1920x1440 tiles a 960x720 frame)",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=float,
+        default=0.25,
+        metavar="F",
+        help="tiled: overlap of neighbouring tiles, fraction of a tile (default 0.25)",
+    )
+
+
+def load_run_config(path: str | Path) -> dict[str, Any]:
+    """A run configuration file (TOML, or JSON for a .json name) -> its keys, checked against
+    PipelineConfig's fields (values are validated when the config is built). Errors name the file."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: the same parser as the tomli package
+        try:
+            import tomli as tomllib
+        except ModuleNotFoundError:
+            tomllib = None
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {p} cannot be read: {e}") from None
+    is_json = p.suffix.lower() == ".json"
+    if not is_json and tomllib is None:
+        raise ConfigError(f"config file {p}: TOML needs Python 3.11+ or `pip install tomli`; or write JSON")
+    try:
+        d = json.loads(text) if is_json else tomllib.loads(text)
+    except (json.JSONDecodeError, ValueError) as e:  # TOMLDecodeError is a ValueError
+        kind = "JSON" if p.suffix.lower() == ".json" else "TOML"
+        raise ConfigError(f"config file {p} is not valid {kind}: {e}") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"config file {p} must hold a table of keys")
+    known = {f.name for f in fields(PipelineConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"config file {p}: key '{unknown[0]}' = {d[unknown[0]]!r}: unknown key")
+    return d

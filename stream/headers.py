@@ -124,6 +124,31 @@ class FrameHeader:
             raise HeaderError(f"malformed frame header: {e}") from None
 
 
+MAX_URI = 1024  # characters of a source URI carried into mask headers and pages
+
+
+def link_of(header: FrameHeader) -> dict[str, Any]:
+    """A live source's link counters from a frame header (capture's ``extra.link`` and the source URI),
+    checked and reduced to what the mask header and the live view show; {} when there are none. Never
+    raises: the results port may carry anything, and counters are not worth dropping a frame for."""
+    link, src = header.extra.get("link"), header.extra.get("src")
+    if not isinstance(link, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key in ("reconnects", "outages"):
+        v = link.get(key)
+        if type(v) is int and v >= 0:
+            out[key] = v
+    v = link.get("outage_s")
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < float("inf"):
+        out["outage_s"] = round(float(v), 3)
+    if isinstance(link.get("down"), bool):
+        out["down"] = link["down"]
+    if isinstance(src, dict) and isinstance(src.get("uri"), str):
+        out["uri"] = src["uri"][:MAX_URI]
+    return out
+
+
 def encode(header: FrameHeader, arrays: dict[str, np.ndarray] | None = None) -> list:
     """Header + inline arrays -> multipart frames (arrays go out without a copy where contiguous)."""
     header.parts = []

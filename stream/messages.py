@@ -27,7 +27,9 @@ from engines.meta import ClassTable, MetadataError
 PROTOCOL_VERSION = 1
 KIND_MASK = "segstream.mask"
 KIND_CLASSES = "segstream.classes"
-MASK_ENCODINGS = ("raw", "png", "rle")
+# coco-rle / polygons: the payload is a JSON segments document (stream/maskcodec/segments.py)
+SEGMENT_ENCODINGS = ("coco-rle", "polygons")
+MASK_ENCODINGS = ("raw", "png", "rle", *SEGMENT_ENCODINGS)
 CONFIDENCE_ENCODINGS = ("raw", "png")
 # One RLE run: uint32 little-endian run length, then the uint8 class id (5 bytes, packed).
 RLE_DTYPE = np.dtype([("length", "<u4"), ("value", "u1")])
@@ -77,6 +79,7 @@ class MaskMessage:
     confidence: np.ndarray | None = None  # (H, W) uint8, max softmax * 255
     overlay_jpeg: bytes | None = None
     classes: ClassTable | None = None
+    segments: dict[str, Any] | None = None  # the JSON document of a coco-rle / polygons payload
     received: float = field(default_factory=time.time)
     size: int = 0  # bytes on the wire, all parts
 
@@ -195,7 +198,16 @@ def jpeg_size(data: bytes | memoryview) -> tuple[int, int] | None:
     return None
 
 
-def encode_mask(mask: np.ndarray, encoding: str) -> bytes | memoryview:
+def encode_mask(
+    mask: np.ndarray, encoding: str, segments: Mapping[str, Any] | None = None
+) -> bytes | memoryview:
+    """The mask payload; ``segments`` are the options of the coco-rle / polygons encodings
+    (components, tolerance, fill, skip: see stream.maskcodec.segments.encode)."""
+    if encoding in SEGMENT_ENCODINGS:
+        from stream.maskcodec.segments import encode
+
+        doc = encode(np.asarray(mask, dtype=np.uint8), encoding, **dict(segments or {}))
+        return json.dumps(doc, separators=(",", ":")).encode()
     if encoding == "raw":
         # memoryview: zmq sends it without another copy (send_multipart(copy=False))
         return memoryview(np.ascontiguousarray(mask, dtype=np.uint8)).cast("B")
@@ -204,6 +216,23 @@ def encode_mask(mask: np.ndarray, encoding: str) -> bytes | memoryview:
     if encoding == "png":
         return _png_encode(np.ascontiguousarray(mask, dtype=np.uint8))
     raise MessageError("malformed", f"unknown mask encoding {encoding!r} (expected {MASK_ENCODINGS})")
+
+
+def decode_segments(
+    payload: bytes | memoryview, encoding: str, width: int, height: int, limits: Limits | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A coco-rle / polygons payload -> (class-id mask, its segments document); MessageError."""
+    from stream.maskcodec.segments import SegmentsError, decode
+
+    lim = limits or LIMITS
+    # the document may be large (polygons of a 4K frame) but never deep: 7 levels at most
+    doc = _parse_json_object(
+        payload, "segments payload", Limits(max_header_bytes=lim.max_frame_bytes, max_depth=lim.max_depth)
+    )
+    try:
+        return decode(doc, width, height, encoding), doc
+    except SegmentsError as e:
+        raise MessageError("malformed", f"{encoding} payload: {e}") from None
 
 
 def decode_plane(
@@ -221,6 +250,8 @@ def decode_plane(
         return rle_decode(payload, width, height)
     if encoding == "png":
         return _png_decode(payload, width, height, what)
+    if encoding in SEGMENT_ENCODINGS and what == "mask":
+        return decode_segments(payload, encoding, width, height)[0]
     raise MessageError("malformed", f"{what} encoding {encoding!r} is unknown")
 
 
@@ -238,12 +269,20 @@ def encode_mask_message(
     confidence_encoding: str = "raw",
     overlay_jpeg: bytes | None = None,
     publish_time: float | None = None,
+    segments: Mapping[str, Any] | None = None,
+    source: Mapping[str, Any] | None = None,
 ) -> list[bytes | memoryview]:
-    """Build the multipart message. ``timestamps`` are time.time() seconds by stage name."""
+    """Build the multipart message. ``timestamps`` are time.time() seconds by stage name;
+    ``segments``: options of the coco-rle / polygons encodings (components, tolerance)."""
     if mask.ndim != 2:
         raise MessageError("malformed", f"mask must be (H, W), got shape {mask.shape}")
     height, width = mask.shape
-    payload = encode_mask(mask, encoding)
+    seg_opts = dict(segments or {})
+    if encoding == "polygons" and classes.ignore_index is not None:
+        # pixels no simplified polygon covers decode as "no class", and the ignore id needs no polygons
+        seg_opts.setdefault("fill", classes.ignore_index)
+        seg_opts.setdefault("skip", (classes.ignore_index,))
+    payload = encode_mask(mask, encoding, seg_opts)
     ts = {k: float(v) for k, v in (timestamps or {}).items()}
     ts.setdefault("capture", None)
     ts.setdefault("infer", None)
@@ -276,6 +315,8 @@ def encode_mask_message(
         "drops": {str(k): int(v) for k, v in (drops or {}).items()},
         "parts": parts,
     }
+    if source:  # live sources: uri (password redacted), reconnects, outages, outage_s, down
+        header["source"] = dict(source)
     head = json.dumps(header, separators=(",", ":")).encode()
     return [stream.encode(), head, payload, *extra]
 
@@ -378,6 +419,16 @@ def decode_header(raw: bytes | memoryview, limits: Limits = LIMITS) -> dict[str,
         raise bad("timestamps must be numbers (or null), publish always present")
     if not all(_is_int(v) and v >= 0 for v in header["drops"].values()):
         raise bad("drops must be integers >= 0")
+    src = header.get("source")
+    if src is not None and not (
+        isinstance(src, dict)
+        and all(_is_int(src.get(k, 0)) and src.get(k, 0) >= 0 for k in ("reconnects", "outages"))
+        and _is_number(src.get("outage_s", 0))
+        and src.get("outage_s", 0) >= 0
+        and isinstance(src.get("down", False), bool)
+        and isinstance(src.get("uri", ""), str)
+    ):
+        raise bad("source must be an object: reconnects, outages integers >= 0, outage_s >= 0, down, uri")
     if len(header["parts"]) > limits.max_parts:
         raise bad(f"{len(header['parts'])} optional parts (limit {limits.max_parts})")
     for p in header["parts"]:
@@ -432,8 +483,12 @@ def decode_mask_message(frames: Sequence[bytes | memoryview], limits: Limits = L
     parts = header["parts"]
     seq = header["seq"]
     w, h = header["width"], header["height"]
-    mask = decode_plane(frames[2], header["encoding"], w, h, "mask")
-    msg = MaskMessage(header=header, mask=mask, size=sum(len(f) for f in frames))
+    doc = None
+    if header["encoding"] in SEGMENT_ENCODINGS:
+        mask, doc = decode_segments(frames[2], header["encoding"], w, h, limits)
+    else:
+        mask = decode_plane(frames[2], header["encoding"], w, h, "mask")
+    msg = MaskMessage(header=header, mask=mask, size=sum(len(f) for f in frames), segments=doc)
     for spec, payload in zip(parts, frames[3:], strict=True):
         if spec["name"] == "confidence":
             if spec["encoding"] not in CONFIDENCE_ENCODINGS:

@@ -3,6 +3,11 @@
 Each stage keeps one ``StageMetrics`` and sends ``snapshot()`` with its heartbeat; the supervisor
 merges them (``RunMetrics``) for the progress line and ``--stats-json``. Latency uses fixed
 log-spaced buckets (about 2% wide) so percentiles cost O(buckets) and memory stays flat over hours.
+
+Two latencies: ``latency`` runs from the moment a frame was received on this host (capture), ``glass``
+from the moment the camera itself captured it, by the camera's clock (RTSP sender reports): the
+glass-to-output latency, network and the camera's encoder included. The capture stage's ``source``
+(reconnects, outages, outage seconds of a live stream) becomes the report's ``streams`` section.
 """
 
 from __future__ import annotations
@@ -83,6 +88,8 @@ class StageMetrics:
     drops: dict[str, int] = field(default_factory=dict)
     queue_depth: int = 0  # stage-specific: slots in flight, reorder buffer, batch waiting
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # overlay: capture -> output
+    glass: LatencyHistogram = field(default_factory=LatencyHistogram)  # overlay: camera clock -> output
+    source: dict[str, Any] | None = None  # capture, live sources: the stream's link counters
     extra: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
     busy_s: float = 0.0
@@ -107,6 +114,8 @@ class StageMetrics:
             "drops": dict(self.drops),
             "elapsed_s": round(elapsed, 3),
             "latency": self.latency.to_sparse() if self.latency.n else None,
+            **({"glass": self.glass.to_sparse()} if self.glass.n else {}),
+            **({"source": dict(self.source)} if self.source else {}),
             **({"extra": self.extra} if self.extra else {}),
         }
 
@@ -145,6 +154,33 @@ class RunMetrics:
             c["frames_out"] += snap["frames_out"]
             for k, v in snap["drops"].items():
                 c["drops"][k] = c["drops"].get(k, 0) + v
+            if snap.get("source"):  # a restarted capture opens the stream anew: its counters add up
+                old = c.setdefault("source", {})
+                for k in ("reconnects", "outages", "outage_s"):
+                    old[k] = old.get(k, 0) + snap["source"].get(k, 0)
+
+    def streams(self) -> dict[str, dict[str, Any]]:
+        """Per stream: the source's URI (password redacted) and its reconnects, outages, seconds of
+        outage (an outage in progress included), and whether it is down now."""
+        out: dict[str, dict[str, Any]] = {}
+        names = {n for n, s in self.stages.items() if s.get("source")} | {
+            n for n, c in self.carried.items() if c.get("source")
+        }
+        for name in sorted(names):
+            cur = dict(self.stages.get(name, {}).get("source") or {})
+            before = self.carried.get(name, {}).get("source", {})
+            for k in ("reconnects", "outages", "outage_s"):
+                cur[k] = cur.get(k, 0) + before.get(k, 0)
+            cur["outage_s"] = round(cur["outage_s"], 3)
+            out[str(cur.pop("stream", "0"))] = cur
+        return out
+
+    def glass(self) -> LatencyHistogram:
+        h = LatencyHistogram()
+        for snap in self.stages.values():
+            if snap.get("glass"):
+                h.merge(LatencyHistogram.from_sparse(snap["glass"]))
+        return h
 
     def latency(self) -> LatencyHistogram:
         h = LatencyHistogram()
@@ -163,16 +199,20 @@ class RunMetrics:
     def report(self, frames: int, wall_s: float) -> dict[str, Any]:
         stages = {}
         for name, snap in sorted(self.stages.items()):
-            s = {k: v for k, v in snap.items() if k != "latency"}
+            s = {k: v for k, v in snap.items() if k not in ("latency", "glass")}
             if name in self.carried:
                 s["frames_in"] += self.carried[name]["frames_in"]
                 s["frames_out"] += self.carried[name]["frames_out"]
             stages[name] = s
+        glass = self.glass()
+        streams = self.streams()
         return {
             "frames": frames,
             "wall_s": round(wall_s, 3),
             "fps": round(frames / wall_s, 2) if wall_s > 0 else 0.0,
             "latency_ms": self.latency().summary_ms(),
+            **({"glass_to_output_ms": glass.summary_ms()} if glass.n else {}),
+            **({"streams": streams} if streams else {}),
             "drops": self.drops(),
             "restarts": dict(self.restarts),
             "stages": stages,

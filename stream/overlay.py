@@ -27,6 +27,23 @@ def blend(frame: np.ndarray, color: np.ndarray, opacity: float) -> np.ndarray:
     return cv2.addWeighted(frame, 1.0 - opacity, color, opacity, 0.0)
 
 
+def shade_uncertain(image: np.ndarray, confidence: np.ndarray, threshold: float) -> np.ndarray:
+    """Darken pixels whose confidence (uint8, max probability * 255) is below ``threshold`` (0-1) and
+    hatch them with dark diagonal stripes, so unsure regions read as such even in a still picture."""
+    h, w = image.shape[:2]
+    if confidence.shape[:2] != (h, w):
+        confidence = cv2.resize(confidence, (w, h), interpolation=cv2.INTER_LINEAR)
+    unsure = confidence < int(round(threshold * 255))
+    if not unsure.any():
+        return image
+    yy, xx = np.ogrid[:h, :w]
+    stripes = ((xx + yy) % 8) < 3  # 3 of every 8 pixels along each diagonal
+    out = image.copy()
+    out[unsure] = out[unsure] >> 1  # half brightness
+    out[unsure & stripes] = 0
+    return out
+
+
 def legend_image(classes: ClassTable, scale: float = 0.5) -> np.ndarray:
     """A small BGR panel: one colour swatch and class name per row."""
     thickness = 1
@@ -49,9 +66,11 @@ def legend_image(classes: ClassTable, scale: float = 0.5) -> np.ndarray:
 class Overlay:
     """Renders frame + mask into the picture that displays, videos and image folders show.
 
-    ``render(frame, mask, fps=None, latency_ms=None)``: the mask is resized (nearest) to the frame when
-    their sizes differ; the legend sits in the top-right corner (scaled down to fit small frames); the
-    fps/latency line sits in the bottom-left corner when either value is given and ``show_stats`` is on.
+    ``render(frame, mask, fps=None, latency_ms=None, confidence=None)``: with ``uncertain`` (a threshold
+    0-1) pixels whose confidence is below it are darkened and hatched (``shade_uncertain``). The mask is
+    resized (nearest) to the frame when their sizes differ; the legend sits in the top-right corner
+    (scaled down to fit small frames); the fps/latency line sits in the bottom-left corner when either
+    value is given and ``show_stats`` is on.
     """
 
     def __init__(
@@ -60,9 +79,13 @@ class Overlay:
         opacity: float = 0.5,
         legend: bool = False,
         show_stats: bool = False,
+        uncertain: float | None = None,
     ) -> None:
         if not 0.0 <= opacity <= 1.0:
             raise SegstreamError(f"overlay opacity {opacity} is outside 0..1")
+        if uncertain is not None and not 0.0 < uncertain <= 1.0:
+            raise SegstreamError(f"overlay uncertainty threshold {uncertain} is outside (0, 1]")
+        self.uncertain = uncertain
         self.classes = classes
         self.opacity = opacity
         self.legend = legend
@@ -80,11 +103,14 @@ class Overlay:
         mask: np.ndarray,
         fps: float | None = None,
         latency_ms: float | None = None,
+        confidence: np.ndarray | None = None,
     ) -> np.ndarray:
         h, w = frame.shape[:2]
         if mask.shape[:2] != (h, w):
             mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
         out = blend(frame, self.colorize(mask), self.opacity)
+        if self.uncertain is not None and confidence is not None:
+            out = shade_uncertain(out, confidence, self.uncertain)
         if self._legend_panel is not None:
             self._draw_legend(out)
         if self.show_stats and (fps is not None or latency_ms is not None):

@@ -10,7 +10,9 @@ the masks it did not get as seq gaps, instead of falling seconds behind. ``lossl
 to the recorder endpoint (PORT+2, opened by a publisher with ``lossless=on``) and grants credit.
 The class table is fetched from PORT+1 on the first message and whenever the header's digest
 changes. Every message is checked against ``stream.messages.Limits`` before it is decoded; bad ones
-are skipped and counted by reason, never raised.
+are skipped and counted by reason, never raised. With ``encoding=coco-rle`` or ``polygons`` the mask is
+decoded from the segments document, which stays available as ``msg.segments`` (docs/PROTOCOL.md
+section 4).
 """
 
 from __future__ import annotations

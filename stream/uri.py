@@ -9,11 +9,14 @@ Source URIs::
     webcam:0  webcam:0?size=1280x720&fps=30  /dev/video0
     clip.mp4  file:clip.mkv  file:clip.mp4?loop=1
     rtsp://...  rtsps://...  rtmp://...  http(s)://...  tcp://...  udp://...  srt://...
-        segstream options (reconnect, timeout, open_timeout, backoff_min, backoff_max, live) are taken out
-        of the query; the rest of the URL goes to FFmpeg untouched. reconnect=N: retries after the first
-        failed reconnect attempt before the run fails (-1: never give up; default 10). live=1/0: read as a
-        live stream / as a file (default: an http(s) URL whose server gives a size and a finite duration
-        is a file, anything else is live).
+        segstream options (reconnect, timeout, open_timeout, backoff_min, backoff_max, live, transport)
+        are taken out of the query; the rest of the URL goes to FFmpeg untouched. reconnect=N: retries
+        after the first failed reconnect attempt before the run fails (-1: never give up; default 10).
+        timeout=S: no data for S seconds (a silent camera) counts as a lost stream. backoff_min/max: the
+        delay between attempts doubles from min to max. live=1/0: read as a live stream / as a file
+        (default: an http(s) URL whose server gives a size and a finite duration is a file, anything else
+        is live). transport=tcp|udp (rtsp only; default tcp). Errors show the URI with its password
+        redacted (stream.redact).
     images:DIR  DIR  'frames/*.png'  images:DIR?fps=10
 
 Sink specs::
@@ -23,6 +26,7 @@ Sink specs::
     display  display://
     zmq-pub://HOST:PORT?...   (stream.sinks.zmq_pub.ZmqPubSink)
     http://HOST:PORT          (stream.sinks.http_view.HttpViewSink)
+    mqtt://HOST:PORT/TOPIC?what=stats,polygons&qos=1   (stream.sinks.mqtt.MqttSink; mqtts:// for TLS)
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ NETWORK_SCHEMES = frozenset(
     ["rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "tcp", "udp", "srt", "rtp", "hls"]
 )
 NETWORK_OPTION_KEYS = frozenset(
-    ["reconnect", "timeout", "open_timeout", "backoff_min", "backoff_max", "live"]
+    ["reconnect", "timeout", "open_timeout", "backoff_min", "backoff_max", "live", "transport"]
 )
 _NETWORK_SECONDS = {"timeout": 5.0, "open_timeout": 10.0, "backoff_min": 0.5, "backoff_max": 5.0}
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -189,14 +193,15 @@ def open_source(uri: str) -> Source:
         return src
 
     if scheme in NETWORK_SCHEMES:
-        from stream.sources.network import DEFAULT_RECONNECT, NetworkSource
+        from stream.redact import redact
+        from stream.sources.network import DEFAULT_RECONNECT, RTSP_TRANSPORTS, NetworkSource
 
         parts = urlsplit(text)
         pairs = parse_qsl(parts.query, keep_blank_values=True)
         ours = {k: v for k, v in pairs if k in NETWORK_OPTION_KEYS}
         rest = [(k, v) for k, v in pairs if k not in NETWORK_OPTION_KEYS]
         url = urlunsplit(parts._replace(query=urlencode(rest, safe=":/,")))
-        opts = Options(text, ours)
+        opts = Options(redact(text), ours)  # errors quote the URI: never with its password
         reconnect = opts.int("reconnect", DEFAULT_RECONNECT)
         if reconnect < -1:
             raise opts.bad("reconnect", "a number of retries >= 0, or -1 (never give up)")
@@ -207,6 +212,11 @@ def open_source(uri: str) -> Source:
         if "backoff_max" in ours and secs["backoff_max"] < secs["backoff_min"]:
             raise opts.bad("backoff_max", f"at least backoff_min ({secs['backoff_min']:g})")
         live = (opts.str("live") or "auto").lower()
+        transport = opts.str("transport")
+        if transport is not None and scheme not in ("rtsp", "rtsps"):
+            raise opts.bad("transport", f"for {scheme}:// (transport is an rtsp:// option)")
+        if transport is not None and transport not in RTSP_TRANSPORTS:
+            raise opts.bad("transport", " or ".join(RTSP_TRANSPORTS))
         return NetworkSource(
             url,
             reconnect=reconnect,
@@ -215,6 +225,7 @@ def open_source(uri: str) -> Source:
             backoff_min=secs["backoff_min"],
             backoff_max=secs["backoff_max"],
             live=None if live == "auto" else opts.bool("live", True),
+            transport=transport,
             uri=text,
         )
 
@@ -298,6 +309,8 @@ def open_sink(spec: str) -> Sink:
         return _lazy("stream.sinks.zmq_pub", "ZmqPubSink")(text)
     if scheme in ("http", "https"):
         return _lazy("stream.sinks.http_view", "HttpViewSink")(text)
+    if scheme in ("mqtt", "mqtts"):
+        return _lazy("stream.sinks.mqtt", "MqttSink")(text)
     if scheme == "images":
         from stream.sinks.images import ImageFolderSink
 
@@ -308,6 +321,9 @@ def open_sink(spec: str) -> Sink:
             what=opts.list("what", ["overlay"]),
             image_format=opts.str("format", "png") or "png",
             spec=text,
+            json_mode=opts.str("json", "frame") or "frame",  # what=coco-rle|polygons: per frame or run
+            tolerance=opts.float("tolerance", 1.0),
+            components=opts.bool("components", False),
         )
         opts.check_unused()
         return sink

@@ -59,14 +59,16 @@ def _cpu() -> float:
 
 
 def step_costs(model: str, clip: str, limit: int = 120) -> dict[str, float]:
-    """CPU ms per frame of each step alone on one thread (library thread pools set to 1)."""
+    """CPU ms per frame of each step alone on one thread (library thread pools set to 1), done the way the
+    pipeline's stages do them (stream.sources.file.to_bgr, stream.sinks.video.to_i420_frame, ...)."""
     import av
     import cv2
-    import numpy as np
 
     from engines.runtime import load
     from engines.runtime.preprocess import prepare_batch, resize_to
     from stream.overlay import Overlay
+    from stream.sinks.video import to_i420_frame
+    from stream.sources.file import to_bgr
 
     cv2.setNumThreads(1)
     ms: dict[str, float] = {}
@@ -76,7 +78,7 @@ def step_costs(model: str, clip: str, limit: int = 120) -> dict[str, float]:
         t = _cpu()
         frames = []
         for f in c.decode(s):
-            frames.append(f.to_ndarray(format="bgr24"))
+            frames.append(to_bgr(f))
             if len(frames) >= limit:
                 break
         ms["decode"] = 1000 * (_cpu() - t) / len(frames)
@@ -102,7 +104,7 @@ def step_costs(model: str, clip: str, limit: int = 120) -> dict[str, float]:
         for o in out:
             if o.shape[:2] != (s.height, s.width):
                 o = cv2.copyMakeBorder(o, 0, s.height - h, 0, s.width - w, cv2.BORDER_REPLICATE)
-            c.mux(s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(o), format="bgr24")))
+            c.mux(s.encode(to_i420_frame(o)))
         c.mux(s.encode())
         ms["encode"] = 1000 * (_cpu() - t) / len(out)
     return ms

@@ -7,8 +7,8 @@
             the CPU seconds of the whole run (all stage processes): on a busy machine fps is noisy, the
             CPU ratio is what a CPU-bound pipeline's fps ratio would be.
 
-    python tools/bench_publish.py micro [--frames 300]
-    python tools/bench_publish.py pipeline --model model.onnx [--frames 200]
+    python tools/bench_publish.py micro [--frames 300] [--encodings raw coco-rle polygons]
+    python tools/bench_publish.py pipeline --model model.onnx [--frames 200] [--encoding polygons]
 
 Subscribers run on the same host here, so their CPU competes with the pipeline: a pessimistic figure.
 """
@@ -228,7 +228,9 @@ def make_clip(size, n_frames: int, tmp: Path) -> Path:
     return out
 
 
-def pipeline_fps(clip: Path, model: str, n_subs: int, extra: list[str]) -> tuple[float, float, list[dict]]:
+def pipeline_fps(
+    clip: Path, model: str, n_subs: int, extra: list[str], encoding: str = "raw"
+) -> tuple[float, float, list[dict]]:
     """(fps, CPU seconds of the whole `segstream run` process tree, subscriber reports)."""
     port, classes_port = free_port(), free_port()
     subs = start_subscribers(f"tcp://127.0.0.1:{port}?classes={classes_port}", n_subs, idle_timeout=10.0)
@@ -243,7 +245,7 @@ def pipeline_fps(clip: Path, model: str, n_subs: int, extra: list[str]) -> tuple
         model,
         "--no-progress",
         "--sink",
-        f"zmq-pub://127.0.0.1:{port}?lossless=off&classes={classes_port}",
+        f"zmq-pub://127.0.0.1:{port}?lossless=off&classes={classes_port}&encoding={encoding}",
         "--stats-json",
         str(stats),
         *extra,
@@ -284,8 +286,8 @@ def _find_fps(doc) -> float | None:
 def run_pipeline(args) -> None:
     console = Console(width=170)
     table = Table(
-        title=f"pipeline fps (segstream run, {args.frames} frames, median of {args.repeat}), "
-        "0 vs 4 subscribers"
+        title=f"pipeline fps (segstream run, {args.frames} frames, median of {args.repeat}, "
+        f"encoding={args.encoding}), 0 vs 4 subscribers"
     )
     cols = ("clip", "fps 0 subs", "fps 4 subs", "ratio", "CPU s 0 subs", "CPU s 4 subs", "CPU ratio 0/4")
     for col in (*cols, "received/sub", "gaps/sub"):
@@ -295,10 +297,10 @@ def run_pipeline(args) -> None:
             clip = make_clip(size, args.frames, Path(tmp))
             runs0, runs4, cpus0, cpus4 = [], [], [], []
             for _ in range(args.repeat):  # interleaved, so machine load drifts hit both sides alike
-                fps, cpu, _ = pipeline_fps(clip, args.model, 0, args.run_args)
+                fps, cpu, _ = pipeline_fps(clip, args.model, 0, args.run_args, args.encoding)
                 runs0.append(fps)
                 cpus0.append(cpu)
-                fps, cpu, reps = pipeline_fps(clip, args.model, 4, args.run_args)
+                fps, cpu, reps = pipeline_fps(clip, args.model, 4, args.run_args, args.encoding)
                 runs4.append(fps)
                 cpus4.append(cpu)
             fps0, fps4 = float(np.median(runs0)), float(np.median(runs4))
@@ -323,11 +325,13 @@ def main() -> None:
         default=55.0,
         help="pipeline rate the cost is expressed against (FACTS.md: ~55 fps on 2 cores)",
     )
-    m.add_argument("--encodings", nargs="+", default=["raw", "rle", "png"], choices=["raw", "rle", "png"])
+    encodings = ["raw", "rle", "png", "coco-rle", "polygons"]
+    m.add_argument("--encodings", nargs="+", default=["raw", "rle", "png"], choices=encodings)
     p = sub.add_parser("pipeline")
     p.add_argument("--model", required=True)
     p.add_argument("--frames", type=int, default=200)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--encoding", default="raw", choices=encodings, help="the publisher's mask encoding")
     p.add_argument("run_args", nargs="*", help="extra `segstream run` arguments (after --)")
     args = ap.parse_args()
     run_micro(args) if args.mode == "micro" else run_pipeline(args)

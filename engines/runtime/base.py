@@ -69,6 +69,21 @@ class Runtime(ABC):
     def run(self, batch: np.ndarray, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Prepared batch -> (ids (N,h,w) uint8, confidence (N,h,w) uint8 or None) at model size."""
 
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Prepared batch -> float32 logits (N, C, h, w). Only the uncertainty path uses it (``run_maps``);
+        a backend that cannot expose them says so."""
+        raise BackendUnavailable(
+            f"{self.backend}: this backend gives no logits, so no entropy/margin maps (use the .pt or .onnx)"
+        )
+
+    def run_maps(self, batch: np.ndarray, maps: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Prepared batch -> (ids (N,h,w) uint8, {map: (N,h,w) uint8}) for maps among confidence, entropy,
+        margin (engines.calibration). Costs a softmax over the logits on the host: ``run`` stays the
+        default path and pays nothing for it."""
+        from engines.calibration import maps_from_logits
+
+        return maps_from_logits(self.logits(batch), maps)
+
     def predict(
         self,
         frames: Sequence[np.ndarray] | np.ndarray,

@@ -73,6 +73,7 @@ class OrtRuntime(Runtime):
             so.inter_op_num_threads = 1
         if spin is not None:
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        self._options = so  # the uncertainty path's second session (``logits``) reuses them
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises Fail/InvalidProtobuf/... for bad files
@@ -144,6 +145,39 @@ class OrtRuntime(Runtime):
             return ModelMeta.from_json(props[META_KEY])
         except MetadataError as e:
             raise ModelFileError(f"{self.path}: {e}") from None
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """The tensor the graph's ArgMax reads, exposed as an extra output of a second session (built on
+        the first call: the default session keeps computing ids/confidence only)."""
+        if getattr(self, "_logits_session", None) is None:
+            import onnx
+
+            model = onnx.load(str(self.path))
+            argmax = [n for n in model.graph.node if n.op_type == "ArgMax"]
+            if not argmax:
+                raise ModelFileError(
+                    f"{self.path}: no ArgMax in the graph, so no logits for uncertainty maps"
+                )
+            name = argmax[-1].input[0]
+            if name not in {o.name for o in model.graph.output}:
+                model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+            self._logits_name = name
+            self._logits_session = ort.InferenceSession(
+                model.SerializeToString(), self._options, providers=self.providers
+            )
+        n = batch.shape[0]
+        self._check_batch(batch)
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        if self.fixed_batch and n < self.fixed_batch:
+            x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), np.float32)])
+        (out,) = self._logits_session.run([self._logits_name], {INPUT_NAME: x})
+        return np.asarray(out[:n], np.float32)
+
+    def _check_batch(self, batch: np.ndarray) -> None:
+        if batch.ndim != 4 or batch.shape[1] != self.meta.channels:
+            raise ShapeError(f"batch must be N x {self.meta.channels} x H x W float32, got {batch.shape}")
+        if batch.shape[0] > self.meta.max_batch:
+            raise ShapeError(f"batch of {batch.shape[0]} exceeds the model's max batch {self.meta.max_batch}")
 
     def run(self, batch: np.ndarray, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         if batch.ndim != 4 or batch.shape[1] != self.meta.channels:

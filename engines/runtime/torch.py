@@ -214,6 +214,12 @@ class TorchRuntime(Runtime):
             conf_np = conf.cpu().numpy() if confidence else None
         return ids_np, conf_np
 
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        if batch.shape[0] > self.meta.max_batch:
+            raise ShapeError(f"batch of {batch.shape[0]} exceeds the model's max batch {self.meta.max_batch}")
+        with torch.inference_mode():
+            return self.model.net(self._to_input(batch)).float().cpu().numpy()
+
     def close(self) -> None:
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()

@@ -7,6 +7,7 @@ Each module defines ``HELP`` (one line for ``segstream --help``), ``add_argument
 # (subcommand, module) in the order `segstream --help` lists them.
 COMMANDS: list[tuple[str, str]] = [
     ("run", "stream.commands.run"),
+    ("batch", "stream.commands.batch"),
     ("worker", "stream.commands.worker"),
     ("subscribe", "stream.commands.subscribe"),
     ("keys", "stream.commands.keys"),
@@ -14,9 +15,11 @@ COMMANDS: list[tuple[str, str]] = [
     ("train", "stream.commands.train"),
     ("eval", "stream.commands.eval"),
     ("predict", "stream.commands.predict"),
+    ("explain", "stream.commands.explain"),
     ("export", "stream.commands.export"),
     ("quantize", "stream.commands.quantize"),
     ("build-engine", "stream.commands.build_engine"),
     ("bench", "stream.commands.bench"),
+    ("tune", "stream.commands.tune"),
     ("doctor", "stream.commands.doctor"),
 ]

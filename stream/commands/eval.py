@@ -46,6 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N]")
     p.add_argument("--threads", type=int, help="inference threads (CPU)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images")
+    from stream.config import add_infer_mode_arguments
+
+    add_infer_mode_arguments(p)
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up runs (default 3)")
     p.add_argument(
         "--by-drive",
@@ -59,10 +62,59 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="evaluate only the images of this drive (repeatable; comma lists allowed)",
     )
     p.add_argument(
+        "--calibration",
+        action="store_true",
+        help="also bin pixels by confidence: accuracy per bin, expected calibration error, mean entropy "
+        "on right vs wrong pixels (computed from the logits: slower)",
+    )
+    p.add_argument("--bins", type=int, default=10, help="confidence bins for --calibration (default 10)")
+    p.add_argument(
         "--group-regex",
         metavar="REGEX",
         help="how a file name gives its drive: the named group 'drive', else group 1, else the match "
         r"(default '^([^_]+)_')",
+    )
+
+
+def add_calibration(calib, lab, mask, maps: dict, classes) -> None:
+    """Labelled pixels of one image into the calibration bins (maps resized to the label, linear)."""
+    from engines.runtime.preprocess import resize_to
+
+    valid = lab < classes.num_classes
+    if classes.ignore_index is not None:
+        valid &= lab != classes.ignore_index
+    conf = resize_to(maps["confidence"][0], lab.shape, nearest=False)
+    ent = resize_to(maps["entropy"][0], lab.shape, nearest=False)
+    calib.update(conf[valid], (mask == lab)[valid], ent[valid])
+
+
+def print_calibration(console, c: dict) -> None:
+    from rich.table import Table
+
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}"
+
+    t = Table(title="calibration: pixels by confidence (max softmax)")
+    for col in ("confidence", "pixels", "share", "accuracy", "mean confidence", "gap"):
+        t.add_column(col, justify="right")
+    for b in c["bins"]:
+        gap = None if not b["pixels"] else b["accuracy"] - b["confidence"]
+        t.add_row(
+            f"{b['lo']:.1f}-{b['hi']:.1f}",
+            str(b["pixels"]),
+            pct(b["pixels"] / c["pixels"] if c["pixels"] else None),
+            pct(b["accuracy"]),
+            pct(b["confidence"]),
+            "-" if gap is None else f"{100 * gap:+.1f}",
+        )
+    console.print(t)
+    console.print(
+        f"expected calibration error {100 * c['ece']:.2f}%  (accuracy {pct(c['accuracy'])}%, "
+        f"mean confidence {pct(c['mean_confidence'])}%)"
+    )
+    console.print(
+        f"mean entropy / ln(C): right pixels {c['mean_entropy_right'] or 0:.3f}, "
+        f"wrong pixels {c['mean_entropy_wrong'] or 0:.3f}"
     )
 
 
@@ -76,6 +128,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from engines import tiling
+    from engines.calibration import Calibration
     from engines.data import (
         DatasetError,
         DatasetNotFound,
@@ -86,9 +140,13 @@ def run(args: argparse.Namespace) -> int:
         list_pairs,
         parse_size,
     )
+    from engines.errors import SegstreamError
     from engines.metrics import ConfusionMatrix
     from engines.runtime import load
 
+    tiling.check_params(args.infer_mode, args.infer_scale, args.tile_overlap)
+    if args.infer_mode == "tiled" and getattr(args, "calibration", False):
+        raise SegstreamError("--calibration needs --infer-mode scaled (tiled masks carry no per-class maps)")
     console = Console()
     root = Path(args.data)
     if not root.is_dir():
@@ -129,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
             f"model's ({len(classes.names)}); label ids are compared as they are"
         )
     cm = ConfusionMatrix(classes.num_classes, classes.ignore_index)
+    calib = Calibration(args.bins) if args.calibration else None
     per_drive = {d: ConfusionMatrix(classes.num_classes, classes.ignore_index) for d in sorted(set(drives))}
     run_s: list[float] = []
     predict_s: list[float] = []
@@ -144,13 +203,24 @@ def run(args: argparse.Namespace) -> int:
             for _ in range(max(args.warmup, 0)):
                 rt.predict([img], full_size=True)
         t0 = time.perf_counter()
-        batch = rt.prepare([img])
-        t1 = time.perf_counter()
-        ids, _ = rt.run(batch)
+        if args.infer_mode == "tiled":  # cutting, running and blending the tiles are one step
+            ids = tiling.predict(rt, [img], "tiled", args.infer_scale, args.tile_overlap)[0][0][None]
+            t1 = t0
+        else:
+            batch = rt.prepare([img])
+            t1 = time.perf_counter()
+        if args.infer_mode == "tiled":
+            pass  # the tiles' masks are made above; tiled mode has no calibration maps
+        elif calib is None:
+            ids, _ = rt.run(batch)
+        else:
+            ids, maps = rt.run_maps(batch, ("confidence", "entropy"))
         t2 = time.perf_counter()
         mask = ids[0]
         if mask.shape != lab.shape:
             mask = cv2.resize(mask, (lab.shape[1], lab.shape[0]), interpolation=cv2.INTER_NEAREST)
+        if calib is not None:
+            add_calibration(calib, lab, mask, maps, classes)
         t3 = time.perf_counter()
         run_s.append(t2 - t1)
         predict_s.append(t3 - t0)
@@ -170,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
         images=len(pairs),
         drives=sorted(set(drives)) or None,
         input_size=list(rt.meta.input_size),
+        infer_mode={"mode": args.infer_mode, "scale": args.infer_scale, "overlap": args.tile_overlap},
         speed={
             "run_ms": run_ms,
             "run_fps": 1000 / run_ms,
@@ -178,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
             "batch": 1,
         },
     )
+    if calib is not None:
+        s["calibration"] = calib.summary()
     if drives:
         by_drive = {
             d: {
@@ -240,6 +313,8 @@ def run(args: argparse.Namespace) -> int:
         dt.add_section()
         dt.add_row("[bold]mean over drives", "", f"[bold]{pct(s['mean_drive_miou'])}", "", "")
         console.print(dt)
+    if calib is not None:
+        print_calibration(console, s["calibration"])
     console.print(
         f"speed ({rt.backend} on {rt.device}, batch 1, "
         f"input {rt.meta.input_size[0]}x{rt.meta.input_size[1]}): "

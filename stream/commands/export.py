@@ -28,12 +28,50 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verify-count", type=int, default=4, metavar="N", help="images used to verify (default 4)"
     )
+    g = p.add_argument_group(
+        "Triton",
+        "also write a Triton model repository (CHECKPOINT may then be an .onnx or .engine/.plan too)",
+    )
+    g.add_argument("--triton-repo", metavar="DIR", help="write DIR/NAME/{config.pbtxt,1/model.*}")
+    g.add_argument(
+        "--triton-name", default="segstream", metavar="NAME", help="model name (default segstream)"
+    )
+    g.add_argument("--triton-kind", default="gpu", choices=("gpu", "cpu"), help="instance kind (default gpu)")
+    g.add_argument("--triton-instances", type=int, default=1, metavar="N", help="instances per device")
+    g.add_argument(
+        "--triton-max-batch", type=int, default=None, metavar="N", help="max batch (default: model's)"
+    )
+    g.add_argument(
+        "--triton-queue-delay-us", type=int, default=2000, metavar="US", help="dynamic batching queue delay"
+    )
+
+
+def write_triton_repo(args: argparse.Namespace, model: str, con) -> None:
+    from engines.triton_repo import RepoOptions, write_repo
+
+    opts = RepoOptions(
+        name=args.triton_name,
+        instances=args.triton_instances,
+        kind=args.triton_kind,
+        max_batch=args.triton_max_batch,
+        queue_delay_us=args.triton_queue_delay_us,
+    )
+    folder = write_repo(model, args.triton_repo, opts)
+    con.print(
+        f"wrote Triton model repository {folder} (serve: tritonserver --model-repository {args.triton_repo})"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from rich.console import Console
 
     from engines.export import export_checkpoint
+
+    if args.triton_repo and Path(args.checkpoint).suffix.lower() in (".onnx", ".engine", ".plan"):
+        write_triton_repo(args, args.checkpoint, Console(soft_wrap=True))
+        return 0
 
     rep = export_checkpoint(
         args.checkpoint,
@@ -58,4 +96,6 @@ def run(args: argparse.Namespace) -> int:
             f"verified on {v.images}: max |logits diff| {v.max_abs_diff:.3g} (tolerance {v.tolerance:.3g}), "
             f"masks agree on {v.mask_agreement:.4%} of pixels"
         )
+    if args.triton_repo:
+        write_triton_repo(args, str(rep.path), con)
     return 0

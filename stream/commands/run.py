@@ -26,7 +26,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default=None, help=f"model file (.onnx/.engine/.pt; default {DEFAULT_MODEL.name})"
     )
-    p.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"))
+    p.add_argument(
+        "--backend",
+        default="auto",
+        metavar="NAME|URI",
+        help="auto, tensorrt, onnxruntime, torch, or triton://HOST:PORT/MODEL[?shm=auto|on|off] for a model "
+        "served by Triton (the infer stage becomes its gRPC client; no --model)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument(
         "--sink",
@@ -55,6 +61,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--opacity", type=float, default=0.5, metavar="F")
     p.add_argument("--legend", action="store_true", help="draw the class legend")
+    p.add_argument(
+        "--shade-uncertain",
+        type=float,
+        metavar="P",
+        help="overlay: hatch and darken pixels whose confidence (max probability) is below P, e.g. 0.6",
+    )
     p.add_argument("--stats-json", default=None, metavar="PATH", help="write per-stage metrics at the end")
     p.add_argument(
         "--live",
@@ -88,6 +100,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --threads, do not give infer workers processors of their own",
     )
+    from stream.config import add_infer_mode_arguments
+
+    add_infer_mode_arguments(p)
+    p.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="live sources: step the model input size down when frames drop, back up when there is "
+        "headroom (changes are logged and counted in --stats-json)",
+    )
+    p.add_argument(
+        "--config",
+        default=None,
+        metavar="FILE",
+        help="run configuration (TOML or JSON, keys as in stream.config.PipelineConfig, e.g. written by "
+        "`segstream tune`); options given on the command line override it",
+    )
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -96,43 +124,87 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+# command-line option (argparse dest) -> run-config key, for options a --config file may also set
+_ARG_KEYS = {
+    "source": "source",
+    "model": "model",
+    "backend": "backend",
+    "device": "device",
+    "sink": "sinks",
+    "max_frames": "max_frames",
+    "batch": "batch",
+    "workers": "workers",
+    "threads": "threads",
+    "opacity": "opacity",
+    "legend": "legend",
+    "shade_uncertain": "shade_uncertain",
+    "live": "live",
+    "stats_json": "stats_json",
+    "slots": "slots",
+    "no_shm": "shm",
+    "remote_infer": "remote_infer",
+    "stall_timeout": "stall_timeout_s",
+    "remote_timeout": "remote_timeout_s",
+    "no_progress": "progress",
+    "no_pin": "pin_cpus",
+    "infer_mode": "infer_mode",
+    "infer_scale": "infer_scale",
+    "tile_overlap": "tile_overlap",
+    "adaptive": "adaptive",
+}
+_NEGATED = {"no_shm", "no_pin", "no_progress"}
+
+
+def given_options(args: argparse.Namespace) -> dict:
+    """The run-config keys of the options the user set (they differ from the option's default)."""
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    defaults = vars(p.parse_args([]))
+    out = {}
+    for dest, key in _ARG_KEYS.items():
+        v = getattr(args, dest, defaults.get(dest))
+        if v == defaults.get(dest):
+            continue
+        if dest in _NEGATED:
+            v = not v
+        elif dest in ("sink", "remote_infer"):
+            v = list(v)
+        out[key] = v
+    return out
+
+
 def config_from_args(args: argparse.Namespace):
     from engines.errors import SegstreamError
-    from stream.config import DEFAULT_MODEL, DEFAULT_OUTPUT, DEFAULT_SOURCE, PipelineConfig
+    from stream.config import DEFAULT_MODEL, DEFAULT_OUTPUT, DEFAULT_SOURCE, PipelineConfig, load_run_config
 
-    model = args.model or str(DEFAULT_MODEL)
-    source = args.source or str(DEFAULT_SOURCE)
+    # a --config file (e.g. from `segstream tune`) is the base; options typed on the command line win
+    d = load_run_config(args.config) if getattr(args, "config", None) else {}
+    d.update(given_options(args))
+    backend = str(d.get("backend") or "auto")
+    if backend.startswith("triton://"):
+        # a served model is the model: its URI goes where a model file would (engines.runtime.load)
+        if d.get("model"):
+            raise SegstreamError(f"--backend {backend} serves the model; leave out --model {d['model']}")
+        from engines.runtime.triton import parse_uri
+
+        parse_uri(backend)  # a malformed URI is refused here, before anything starts
+        d.update(model=backend, backend="auto")
+    model = d.get("model") or str(DEFAULT_MODEL)
+    source = d.get("source") or str(DEFAULT_SOURCE)
     from pathlib import Path
 
-    if args.model is None and not Path(model).is_file():
+    if not d.get("model") and not Path(model).is_file():
         raise SegstreamError(f"no --model given and the bundled model {model} is missing (pass --model FILE)")
-    if args.source is None and not Path(source).is_file():
+    if not d.get("source") and not Path(source).is_file():
         raise SegstreamError(f"no SOURCE given and the bundled clip {source} is missing")
-    sinks = list(args.sink) or [DEFAULT_OUTPUT]
+    sinks = list(d.get("sinks") or []) or [DEFAULT_OUTPUT]
     # what the user left open is filled in for this machine and source kind (stream.cpus)
-    budget = cpus.budget(is_live(source, args.live), workers=args.workers, threads=args.threads)
-    return PipelineConfig(
-        source=source,
-        model=model,
-        backend=args.backend,
-        device=args.device,
-        sinks=sinks,
-        max_frames=args.max_frames,
-        batch=args.batch,
-        workers=budget.workers,
-        threads=budget.threads,
-        opacity=args.opacity,
-        legend=args.legend,
-        live=args.live,
-        stats_json=args.stats_json,
-        slots=args.slots,
-        shm=not args.no_shm,
-        remote_infer=list(args.remote_infer or []),
-        stall_timeout_s=args.stall_timeout,
-        remote_timeout_s=args.remote_timeout,
-        progress=not args.no_progress,
-        pin_cpus=not args.no_pin,
-    )
+    live = d.get("live")
+    budget = cpus.budget(is_live(source, live), workers=d.get("workers"), threads=d.get("threads"))
+    d.update(source=source, model=model, sinks=sinks, workers=budget.workers, threads=budget.threads)
+    if d.get("adaptive") and d.get("batch") is None:
+        d["batch"] = 1  # frames of different sizes never share a batch
+    return PipelineConfig.from_dict(d)
 
 
 def is_live(source: str, live_flag: bool | None) -> bool:
@@ -256,6 +328,15 @@ def run(args: argparse.Namespace) -> int:
         f"{out.frames} frames in {out.wall_s:.1f} s: {rep['fps']:.1f} fps; latency capture->output "
         f"p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, p99 {lat['p99']:.1f} ms"
     )
+    if rep.get("glass_to_output_ms"):  # RTSP: from the camera's own capture time (its sender reports)
+        g = rep["glass_to_output_ms"]
+        print(f"latency glass->output p50 {g['p50']:.1f} ms, p95 {g['p95']:.1f} ms, p99 {g['p99']:.1f} ms")
+    for sid, link in rep.get("streams", {}).items():
+        if link.get("outages"):
+            print(
+                f"stream {sid} ({link.get('uri', '?')}): {link['reconnects']} reconnect(s), "
+                f"{link['outages']} outage(s), {link['outage_s']:.1f} s without a stream"
+            )
     if drops:
         print("drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
     if rep["restarts"]:

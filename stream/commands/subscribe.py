@@ -28,7 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="stop when no mask arrives for S seconds (default: wait until the stream ends)",
     )
     p.add_argument(
-        "--save", metavar="DIR", help="write each mask as DIR/SEQ.png (+ colorized, overlay, header)"
+        "--save",
+        metavar="DIR",
+        help="write each mask as DIR/SEQ.png (+ colorized, overlay, header; with encoding=coco-rle or "
+        "polygons also the segments document, DIR/SEQ_segments.json)",
     )
     p.add_argument(
         "--video", metavar="OUT.mp4", help="re-encode the overlays (or colorized masks) to a video"
@@ -123,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
                         f"seq {h['seq']:>6} frame {h['frame_index']:>6} {h['width']}x{h['height']} "
                         f"{h['encoding']:>3} {msg.size / 1000:8.1f} kB  latency {lat_text} ms  "
                         f"gaps {sub.stats.gaps}"
+                        + ("" if msg.segments is None else f"  segments {len(msg.segments['segments'])}")
                     )
                 if save is not None:
                     stem = save / f"{msg.seq:08d}"
@@ -131,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
                     if msg.overlay_jpeg is not None:
                         Path(f"{stem}_overlay.jpg").write_bytes(msg.overlay_jpeg)
                     Path(f"{stem}.json").write_text(json.dumps(msg.header))
+                    if msg.segments is not None:
+                        Path(f"{stem}_segments.json").write_text(json.dumps(msg.segments))
                 if args.video:
                     if writer is None:
                         writer = _open_video(args.video, args.fps, frame.shape[1], frame.shape[0])

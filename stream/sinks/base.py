@@ -40,9 +40,12 @@ class Result:
     mask: np.ndarray  # class ids (H, W) uint8 at frame size
     overlay: np.ndarray | None = None  # colorized blend (H, W, 3) BGR, made once when a sink wants it
     confidence: np.ndarray | None = None  # (H, W) uint8 max-softmax * 255, when the model was asked
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # 'entropy'/'margin' (H, W) uint8, when asked
     timestamps: dict[str, float] = field(default_factory=dict)  # stage -> time.time() seconds
     drops: dict[str, int] = field(default_factory=dict)  # cumulative drop counters by cause
     stats: dict[str, Any] | None = None  # latest per-stage metrics snapshot (for live views)
+    # live sources: uri (password redacted), reconnects, outages, outage_s, down (stream.headers.link_of)
+    source: dict[str, Any] = field(default_factory=dict)
 
 
 class Sink(ABC):
@@ -51,6 +54,8 @@ class Sink(ABC):
     wants_overlay: bool = True
     #: True when the sink uses Result.confidence (the infer stage then asks the model for it)
     wants_confidence: bool = False
+    #: uncertainty maps the sink uses (Result.maps): 'entropy', 'margin' (engines.calibration)
+    wants_maps: tuple[str, ...] = ()
 
     @abstractmethod
     def open(self, info: StreamInfo) -> None: ...

@@ -6,8 +6,14 @@ the JPEG (once per frame, at most ``fps`` times a second, only while someone wat
 viewer thread sends the newest JPEG it has not sent yet. A stalled or vanished viewer therefore
 costs the pipeline nothing: it just skips frames, and its thread ends on a send timeout.
 
-Options: ``?fps=15`` (most JPEGs per second), ``quality=80`` (JPEG quality). Port 0 picks a free
-port (see ``.url`` after open()).
+WebRTC beside it (stream/webrtc.py, aiortc): ``/webrtc.html`` plays the overlay as a VP8 video track with
+per-frame stats on a data channel, signalled by ``POST /webrtc/offer`` on this same server (so it is as
+exposed as the MJPEG view: 127.0.0.1 unless HOST says otherwise). Each MJPEG part carries
+``X-Segstream-Seq`` and ``X-Segstream-Capture`` headers, so a client can measure its latency too.
+
+Options: ``?fps=15`` (most frames per second, JPEG and WebRTC), ``quality=80`` (JPEG quality),
+``webrtc=1|0`` (default on when aiortc is installed), ``webrtc_peers=4`` (most WebRTC viewers: each
+has its own video encoder). Port 0 picks a free port (see ``.url`` after open()).
 """
 
 from __future__ import annotations
@@ -42,15 +48,26 @@ class HttpViewSink(Sink):
             opts = dict(parse_qsl(u.query))
             self.max_fps = float(opts.pop("fps", 15))
             self.quality = int(opts.pop("quality", 80))
+            self.webrtc_peers = int(opts.pop("webrtc_peers", 4))
+            webrtc = opts.pop("webrtc", "1").lower()
         except ValueError as e:
             raise SinkError(f"{spec}: {e}") from None
         if opts:
-            raise SinkError(f"{spec}: unknown option(s) {sorted(opts)} (known: fps, quality)")
+            raise SinkError(
+                f"{spec}: unknown option(s) {sorted(opts)} (known: fps, quality, webrtc, webrtc_peers)"
+            )
+        if webrtc not in ("0", "1", "on", "off", "true", "false", "yes", "no") or self.webrtc_peers < 1:
+            raise SinkError(f"{spec}: webrtc must be 1 or 0 and webrtc_peers >= 1")
+        self.webrtc_wanted = webrtc in ("1", "on", "true", "yes")
+        self.webrtc = None  # stream.webrtc.WebRtcServer once open
+        self.webrtc_off = "off (webrtc=0)"  # why there is no WebRTC, for the page and stats.json
         if self.max_fps <= 0 or not 1 <= self.quality <= 100:
             raise SinkError(f"{spec}: fps must be > 0 and quality 1-100")
         self._cond = threading.Condition()
         self._latest: tuple[Any, int] | None = None  # (image, frame number) waiting for the encoder
+        self._latest_info: dict[str, Any] = {}  # seq, capture time, ... of the frame in _latest
         self._jpeg: tuple[bytes, int] | None = None  # newest encoded JPEG and its frame number
+        self._jpeg_info: dict[str, Any] = {}
         self._stop = threading.Event()
         self._viewers = 0
         self._last_watch = 0.0
@@ -74,6 +91,7 @@ class HttpViewSink(Sink):
             }
         ).encode()
         self._page = resources.files("stream").joinpath("static/view.html").read_bytes()
+        self._webrtc_page = resources.files("stream").joinpath("static/webrtc.html").read_bytes()
         handler = type("Handler", (_Handler,), {"sink": self})
         try:
             self._server = ThreadingHTTPServer((self.host, self.req_port), handler)
@@ -96,7 +114,17 @@ class HttpViewSink(Sink):
             name="segstream-http",
         ).start()
         threading.Thread(target=self._encode_loop, daemon=True, name="segstream-jpeg").start()
-        print(f"segstream: live view at {self.url}", file=sys.stderr)
+        if self.webrtc_wanted:
+            from stream import webrtc
+
+            self.webrtc_off = webrtc.available()
+            if self.webrtc_off is None:
+                self.webrtc = webrtc.WebRtcServer(
+                    self._webrtc_latest, max_fps=self.max_fps, max_peers=self.webrtc_peers
+                )
+                self.webrtc.start()
+        extra = f", WebRTC at {self.url}webrtc.html" if self.webrtc is not None else ""
+        print(f"segstream: live view at {self.url}{extra}", file=sys.stderr)
 
     def write(self, result: Result) -> None:
         now = time.time()
@@ -109,15 +137,36 @@ class HttpViewSink(Sink):
             "frame_index": result.frame_index,
             "latency_ms": None if cap is None else round(1000 * (now - cap), 1),
             "drops": dict(result.drops),
+            "source": dict(result.source),
             "stages": result.stats or {},
             "timestamps": dict(result.timestamps),
         }
+        info = {
+            "seq": result.seq,
+            "frame_index": result.frame_index,
+            "capture": cap,
+            "drops": self._status["drops"],
+        }
         with self._cond:
             self._latest = (image, self._frames)
+            self._latest_info = info
             self._cond.notify_all()
+        if self.webrtc is not None:
+            self.webrtc.notify()
+
+    def _webrtc_latest(self) -> tuple[Any, int, dict[str, Any]] | None:
+        with self._cond:
+            latest, info = self._latest, self._latest_info
+        if latest is None:
+            return None
+        self._last_watch = time.monotonic()
+        return latest[0], latest[1], {**info, "fps": self._fps()}
 
     def close(self) -> None:
         self._stop.set()
+        if self.webrtc is not None:
+            self.webrtc.close()
+            self.webrtc = None
         with self._cond:
             self._cond.notify_all()
         if self._server is not None:
@@ -152,11 +201,14 @@ class HttpViewSink(Sink):
                 time.sleep(wait)
                 continue  # take the newest frame after the pause, not this one
             image, number = latest
+            with self._cond:
+                info = self._latest_info if self._latest is latest else {}
             ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
             last_frame, last_t = number, time.monotonic()
             if ok:
                 with self._cond:
                     self._jpeg = (buf.tobytes(), number)
+                    self._jpeg_info = info
                     self.encoded += 1
                     self._cond.notify_all()
 
@@ -169,20 +221,29 @@ class HttpViewSink(Sink):
             jpeg = self._jpeg
         return jpeg if jpeg is not None and jpeg[1] > after else None
 
-    def stats_json(self) -> bytes:
+    def _fps(self) -> float:
         times = list(self._times)
         recent = [t for t in times if t > time.time() - 2.0]
-        fps = (
+        return (
             (len(recent) - 1) / (recent[-1] - recent[0])
             if len(recent) > 1 and recent[-1] > recent[0]
             else 0.0
         )
+
+    def stats_json(self) -> bytes:
+        fps = self._fps()
+        rtc = self.webrtc
         doc = {
             "stream": self.info.stream_id,
             "frames": self._frames,
             "fps": round(fps, 2),
             "viewers": self._viewers,
             "jpeg_encoded": self.encoded,
+            "webrtc": (
+                {"peers": len(rtc.peers), "frames_sent": rtc.frames_sent}
+                if rtc is not None
+                else {"off": self.webrtc_off}
+            ),
             **self._status,
         }
         return json.dumps(doc, default=str).encode()
@@ -223,10 +284,39 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(jpeg[0], "image/jpeg")
             elif path == "/stream.mjpg":
                 self._mjpeg()
+            elif path in ("/webrtc", "/webrtc.html"):
+                self._send(sink._webrtc_page, "text/html; charset=utf-8")
             else:
                 self._send(b"not found", "text/plain", 404)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             pass  # the viewer went away; nothing else waits on it
+
+    def do_POST(self) -> None:
+        sink = self.sink
+        if urlsplit(self.path).path != "/webrtc/offer":
+            self._send(b"not found", "text/plain", 404)
+            return
+        from stream.webrtc import WebRtcError
+
+        try:
+            length = int(self.headers.get("Content-Length") or -1)
+            if not 0 < length <= 65536:
+                raise WebRtcError(
+                    413 if length > 0 else 411, "an offer needs a Content-Length of 1..65536 bytes"
+                )
+            body = self.rfile.read(length)
+            if sink.webrtc is None:
+                raise WebRtcError(501, f"WebRTC is off: {sink.webrtc_off}")
+            try:
+                offer = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise WebRtcError(400, "the offer is not JSON") from None
+            sink._last_watch = time.monotonic()
+            self._send(json.dumps(sink.webrtc.answer(offer)).encode(), "application/json")
+        except WebRtcError as e:
+            self._send(json.dumps({"error": str(e)}).encode(), "application/json", e.status)
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            pass
 
     def _mjpeg(self) -> None:
         sink = self.sink
@@ -246,7 +336,17 @@ class _Handler(BaseHTTPRequestHandler):
                 if jpeg is None:
                     continue
                 data, sent = jpeg
-                head = f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n"
+                with sink._cond:
+                    info = sink._jpeg_info if sink._jpeg is not None and sink._jpeg[1] == sent else {}
+                # seq and capture time per part: a client can measure this view's latency
+                extra = "".join(
+                    f"X-Segstream-{k.capitalize()}: {info[k]}\r\n"
+                    for k in ("seq", "capture")
+                    if info.get(k) is not None
+                )
+                head = (
+                    f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n{extra}\r\n"
+                )
                 self.wfile.write(head.encode() + data + b"\r\n")
                 self.wfile.flush()
         finally:

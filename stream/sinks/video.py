@@ -42,6 +42,15 @@ def _rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(DEFAULT_FPS)
 
 
+def to_i420_frame(image: np.ndarray) -> av.VideoFrame:
+    """An even-sized BGR image as the encoder's yuv420p frame. OpenCV's converter instead of the
+    encoder's libswscale: same BT.601 matrix (within one level), about 0.6 ms less CPU per 960x540 frame
+    (see docs/performance.md)."""
+    import cv2
+
+    return av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
+
+
 class VideoFileSink(Sink):
     wants_overlay = True
 
@@ -155,7 +164,7 @@ class VideoFileSink(Sink):
         if self._container is None or self._stream is None:
             raise SinkError(f"{self.spec}: write() before open() or after close()")
         image = result.overlay if result.overlay is not None else result.frame
-        frame = av.VideoFrame.from_ndarray(self._fit(image), format="bgr24")
+        frame = to_i420_frame(self._fit(image))
         if self._live:
             ts = result.timestamps
             t = ts.get("source") or ts.get("capture") or time.time()

@@ -11,7 +11,9 @@ Up to three sockets, one per delivery need:
     stops reading, or leaves the publisher waiting too long is dropped and counted: a misbehaving
     recorder loses its place, never the pipeline its pace.
 
-Options: encoding=raw|png|rle, confidence=raw|png, overlay=1 (JPEG part), jpeg_quality=80, hwm=4,
+Options: encoding=raw|png|rle|coco-rle|polygons (the last two: a JSON segments document per frame,
+per class or with components=1 per connected component; polygons simplified to tolerance=PIXELS, default
+1), confidence=raw|png, overlay=1 (JPEG part), jpeg_quality=80, hwm=4,
 lossless=on|PORT|off, wait_recorders=N (open() waits for N recorders, so a file run reaches them
 from its first frame), lossless_timeout=S, curve_secret=FILE, allow=DIR.
 """
@@ -23,9 +25,11 @@ import threading
 import time
 from dataclasses import dataclass
 
+from stream.maskcodec.segments import DEFAULT_TOLERANCE
 from stream.messages import (
     CONFIDENCE_ENCODINGS,
     MASK_ENCODINGS,
+    SEGMENT_ENCODINGS,
     Endpoints,
     encode_classes_reply,
     encode_end_message,
@@ -45,6 +49,8 @@ _KNOWN = {
     "curve_secret",
     "allow",
     "stream",
+    "tolerance",
+    "components",
 }
 
 
@@ -82,8 +88,19 @@ class ZmqPubSink(Sink):
             self.hwm = int(opts.get("hwm", 4))
             self.wait_recorders = int(opts.get("wait_recorders", 0))
             self.lossless_timeout = float(opts.get("lossless_timeout", LOSSLESS_TIMEOUT_S))
+            self.tolerance = float(opts.get("tolerance", DEFAULT_TOLERANCE))
         except ValueError as e:
             raise SinkError(f"{spec}: bad numeric option ({e})") from None
+        if not 0 <= self.tolerance <= 100:
+            raise SinkError(f"{spec}: tolerance={opts['tolerance']} (expected pixels, 0..100)")
+        components = opts.get("components", "0").lower()
+        if components not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+            raise SinkError(f"{spec}: components={opts['components']} (expected 0 or 1)")
+        if ("tolerance" in opts or "components" in opts) and self.encoding not in SEGMENT_ENCODINGS:
+            raise SinkError(f"{spec}: tolerance and components apply to encoding=coco-rle|polygons only")
+        self.segments = {"components": components in ("1", "true", "yes", "on")}
+        if self.encoding == "polygons":
+            self.segments["tolerance"] = self.tolerance
         if self.lossless_timeout <= 0 or self.wait_recorders < 0 or self.hwm < 1:
             raise SinkError(f"{spec}: lossless_timeout must be > 0, wait_recorders >= 0, hwm >= 1")
         if self.wait_recorders and self.ep.lossless_port is None:
@@ -348,10 +365,12 @@ class ZmqPubSink(Sink):
             classes=self.classes,
             timestamps=result.timestamps,
             drops=result.drops,
+            source=result.source,
             encoding=self.encoding,
             confidence=result.confidence if self.confidence else None,
             confidence_encoding=self.confidence or "raw",
             overlay_jpeg=overlay_jpeg,
+            segments=self.segments,
         )
         frames = [bytes(f) if isinstance(f, memoryview) else f for f in frames]
         try:

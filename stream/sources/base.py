@@ -4,6 +4,7 @@ the synthetic pattern. Every read reports its status explicitly."""
 from __future__ import annotations
 
 import enum
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
@@ -40,6 +41,8 @@ class Frame:
     index: int = -1  # frame index in the source (counts every frame the source produced)
     timestamp: float = 0.0  # time.time() at capture
     error: str | None = None  # what went wrong, for ERROR
+    # the camera's own wall clock at capture (RTSP: RTCP sender reports), for glass-to-output latency
+    camera_time: float | None = None
 
 
 @dataclass
@@ -49,6 +52,19 @@ class SourceStats:
     reconnects: int = 0
     dropped: int = 0  # live sources: frames replaced by a newer one before anyone took them
     extra: dict[str, int] = field(default_factory=dict)
+    outages: int = 0  # network sources: times the stream was lost
+    outage_s: float = 0.0  # seconds without a stream in outages that ended
+    down_since: float | None = None  # time.monotonic() when the current outage began; None while up
+
+    def link(self) -> dict[str, int | float | bool]:
+        """Reconnect counters for stats, headers and the live view (an outage in progress counts too)."""
+        down = self.outage_s + (time.monotonic() - self.down_since if self.down_since is not None else 0.0)
+        return {
+            "reconnects": self.reconnects,
+            "outages": self.outages,
+            "outage_s": round(down, 3),
+            "down": self.down_since is not None,
+        }
 
 
 class Source(ABC):

@@ -149,6 +149,17 @@ def stream_fps(stream: av.video.stream.VideoStream) -> float:
     return float(rate) if rate else 0.0
 
 
+def to_bgr(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as BGR24. 4:2:0 frames (nearly every camera and file) go through OpenCV's I420
+    converter: same BT.601 limited-range matrix as libswscale's default, within 3 levels of it, and about
+    0.45 ms less CPU per 960x540 frame (see docs/performance.md)."""
+    if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+        import cv2  # lazily: the supervisor probes sources with this module and needs no cv2
+
+        return cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2BGR_I420)
+    return frame.to_ndarray(format="bgr24")
+
+
 class FileSource(Source):
     """A video file, decoded in order; ``loop=True`` starts again at the end (for demos and soak runs)."""
 
@@ -242,7 +253,7 @@ class FileSource(Source):
                 continue
             for f in frames:
                 pts = float(f.pts * f.time_base) if f.pts is not None and f.time_base else None
-                yield f.to_ndarray(format="bgr24"), pts, None
+                yield to_bgr(f), pts, None
 
     def read(self, timeout: float = 1.0) -> Frame:
         if self._frames is None or self._container is None:

@@ -31,6 +31,15 @@ from stream.metrics import StageMetrics
 PR_SET_PDEATHSIG = 1
 
 
+def tune_process() -> None:
+    """Per-process settings every stage wants before its first frame (see stream.cpus)."""
+    from stream.cpus import helper_threads, keep_freed_memory
+
+    keep_freed_memory()
+    if "cv2" in sys.modules:  # preloaded by the forkserver; a stage that never uses OpenCV skips it
+        sys.modules["cv2"].setNumThreads(helper_threads())
+
+
 @dataclass
 class StageContext:
     """Everything a stage needs from the supervisor (JSON-serializable)."""
@@ -242,6 +251,7 @@ class Stage:
             # drain, so stages ignore SIGINT rather than dying mid-frame.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
         die_with_parent(self.parent_pid)
+        tune_process()
         code = 0
         try:
             self.connect_control()

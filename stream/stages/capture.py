@@ -6,6 +6,11 @@ count a frame as dropped when no slot is free (newest wins, latency stays bounde
 
 After an infer/preprocess restart the supervisor sends ``replay``: every unacknowledged frame (its
 pixels are still in its slot) is sent again, and so is EOS; the overlay stage discards duplicates.
+
+Live sources: every frame header also carries the source's link counters (``extra.link``: reconnects,
+outages, seconds of outage, down) for the mask header and the live view, and the camera's own capture
+time when the source knows it (``ts.camera``, RTSP), from which the overlay measures glass-to-output
+latency. Whatever leaves this stage that names the source goes through ``stream.redact``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 import numpy as np
 
 from stream import headers as H
+from stream.redact import redact
 from stream.stages.base import Stage
 
 
@@ -33,7 +39,7 @@ class CaptureStage(Stage):
         try:
             self.info = self.source.open()
         except SourceError as e:
-            self.report("fatal", message=str(e))
+            self.report("fatal", message=redact(str(e)))
             raise
         self.live = self.info.live if self.cfg.live is None else self.cfg.live
         self.out = open_socket(self.zctx, self.ctx.endpoints["out"])
@@ -54,7 +60,7 @@ class CaptureStage(Stage):
             "fps": self.info.fps,
             "live": self.live,
             "total": self._total(),
-            "uri": self.info.uri,
+            "uri": redact(self.info.uri),
         }
         self.zmq = zmq
         # frames wait until every stage is up (model loaded): start-up is not latency, and a live
@@ -77,6 +83,7 @@ class CaptureStage(Stage):
             "eos": self.eos_sent,
             "decode_errors": st.decode_errors,
             "reconnects": st.reconnects,
+            **({"link": st.link()} if self.live else {}),
         }
 
     # -- credits --------------------------------------------------------------------------------
@@ -159,7 +166,7 @@ class CaptureStage(Stage):
         if self.source_failure is not None:
             why, since = self.source_failure
             if self.in_flight() == 0 or time.monotonic() - since > 10.0:
-                self.report("fatal", message=why)
+                self.report("fatal", message=redact(why))
                 self.source_failure = None
 
     def step(self) -> None:
@@ -168,7 +175,9 @@ class CaptureStage(Stage):
         self.flush()
         self.metrics.queue_depth = self.in_flight()
         for line in self.source.take_notices():  # reconnect attempts, a truncated file: to the terminal
-            self.report("notice", message=line)
+            self.report("notice", message=redact(line))
+        if self.live:  # per stream in --stats-json, also while no frame comes (an outage)
+            self.metrics.source = {"stream": "0", "uri": self.src_info["uri"], **self.source.stats.link()}
         if self.eos_sent:
             self.report_source_failure()
             self.wait(self.cfg.heartbeat_s)
@@ -205,12 +214,16 @@ class CaptureStage(Stage):
             self.metrics.drop("capture_busy")
             return
         with self.metrics.busy():
-            self.emit(frame.image, frame.index, frame.timestamp or time.time())
+            self.emit(frame.image, frame.index, frame.timestamp or time.time(), frame.camera_time)
 
-    def emit(self, image: np.ndarray, index: int, t_capture: float) -> None:
+    def emit(self, image: np.ndarray, index: int, t_capture: float, camera_time: float | None = None) -> None:
         hdr = H.FrameHeader(seq=self.seq, index=index, shape=tuple(image.shape), dtype=str(image.dtype))
         hdr.ts["source"] = t_capture
+        if camera_time is not None:
+            hdr.ts["camera"] = camera_time
         hdr.extra["src"] = self.src_info
+        if self.live:
+            hdr.extra["link"] = self.source.stats.link()
         hdr.drops = dict(self.metrics.drops)
         slot = self.ledger.take() if self.ledger is not None else None
         if slot is not None:

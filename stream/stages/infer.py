@@ -30,12 +30,18 @@ class InferStage(Stage):
         self.runtime = load(self.cfg.model, device=self.cfg.device, threads=self.cfg.threads, **opts)
         self.max_batch = max(1, min(self.cfg.batch or self.runtime.max_batch, self.runtime.max_batch))
         self.confidence = self.cfg.wants_confidence()
+        self.maps = self.cfg.wants_maps()  # entropy/margin: from the logits, only when a sink asks
+        if self.maps and self.cfg.infer_mode == "tiled":
+            from engines.errors import SegstreamError
+
+            raise SegstreamError(f"{', '.join(self.maps)} maps are not made in tiled mode (--infer-mode)")
         self.inp = open_socket(self.zctx, self.ctx.endpoints["in"])
         self.out = open_socket(self.zctx, self.ctx.endpoints["out"])
         self.poller = zmq.Poller()
         self.poller.register(self.inp, zmq.POLLIN)
         self.zmq = zmq
         self.batches = 0
+        self.tiles = 0  # tiled mode: model-size tiles inferred
         self.warm_up()
         self.report(
             "ready", backend=self.runtime.backend, device=self.runtime.device, max_batch=self.max_batch
@@ -54,7 +60,10 @@ class InferStage(Stage):
                 self.runtime.run(self.runtime.prepare([blank] * n))
 
     def heartbeat_extra(self):
-        return {"batches": getattr(self, "batches", 0), "max_batch": getattr(self, "max_batch", 0)}
+        extra = {"batches": getattr(self, "batches", 0), "max_batch": getattr(self, "max_batch", 0)}
+        if getattr(self, "tiles", 0):
+            extra["tiles"] = self.tiles
+        return extra
 
     def _recv(self):
         try:
@@ -106,20 +115,55 @@ class InferStage(Stage):
             self.metrics.frames_in += len(batch)
             self.metrics.queue_depth = len(batch)
             inputs = [self.input_of(h, a) for h, a in batch]
-            # one frame: a view of its ring slot is already a contiguous batch of 1, no copy
-            x = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
-            ids, conf = self.runtime.run(x, confidence=self.confidence)
-            self.batches += 1
+            maps: dict = {}
+            overlap = batch[0][0].extra.get("tiles")  # set by preprocess for a tiled run's frames
+            if overlap is not None:
+                ids, conf = self.run_tiled(batch, inputs, float(overlap))
+            else:
+                # one frame: a view of its ring slot is already a contiguous batch of 1, no copy
+                x = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
+                if self.maps:
+                    ids, maps = self.runtime.run_maps(x, self.maps + ("confidence",) * self.confidence)
+                    conf = maps.pop("confidence", None)
+                else:
+                    ids, conf = self.runtime.run(x, confidence=self.confidence)
+                self.batches += 1
             for i, (hdr, arrays) in enumerate(batch):
                 hdr.stamp("infer")
                 hdr.extra.pop("in", None)
                 parts = {"mask": ids[i]}
                 if conf is not None:
                     parts["confidence"] = conf[i]
+                for name, m in maps.items():
+                    parts[name] = m[i]
                 if "frame" in arrays:  # no ring: the frame rides along to the overlay stage
                     parts["frame"] = arrays["frame"]
                 self.send_out(H.encode(hdr, parts))
                 self.metrics.frames_out += 1
+
+    def run_tiled(self, batch: list, inputs: list[np.ndarray], overlap: float) -> tuple[list, list | None]:
+        """Tiled mode: each input is the uint8 frame at the run's scale; its model-size tiles (of all
+        frames in the batch together) go through the runtime in batches of up to max_batch and are
+        blended back (engines.tiling); masks come out at each frame's full size."""
+        from engines.tiling import infer_tiled, to_size
+
+        w, h = self.runtime.meta.input_size
+        # the blend weighs each tile's vote by its confidence: ask for it whenever the model has it
+        want = bool(getattr(self.runtime, "has_confidence", True))
+
+        def run_tiles(tiles: list[np.ndarray]):
+            self.batches += 1
+            self.tiles += len(tiles)
+            return self.runtime.run(self.runtime.prepare(tiles), confidence=want)
+
+        k = self.runtime.meta.classes.num_classes
+        res = infer_tiled(inputs, (h, w), k, run_tiles, self.max_batch, overlap)
+        # back to the frame's own size when the tiles were cut from a resized frame (infer_scale)
+        out = [
+            to_size(m, c, tuple(hdr.shape[:2]) if hdr.shape else m.shape)
+            for (m, c), (hdr, _) in zip(res, batch, strict=True)
+        ]
+        return [m for m, _ in out], ([c for _, c in out] if self.confidence else None)
 
     def teardown(self) -> None:
         if hasattr(self, "runtime"):

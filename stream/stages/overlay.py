@@ -102,7 +102,12 @@ class OverlayStage(Stage):
         try:  # the shared overlay renderer (palette, legend); a plain LUT blend is the fallback
             from stream.overlay import Overlay
 
-            ov = Overlay(self.meta.classes, opacity=self.cfg.opacity, legend=self.cfg.legend)
+            ov = Overlay(
+                self.meta.classes,
+                opacity=self.cfg.opacity,
+                legend=self.cfg.legend,
+                uncertain=self.cfg.shade_uncertain,
+            )
             return ov.render
         except ImportError:
             return lambda frame, mask: colorize_blend(frame, mask, self.lut, self.cfg.opacity)
@@ -176,9 +181,10 @@ class OverlayStage(Stage):
         mask = arrays.get("mask")
         if mask is None or mask.ndim != 2 or mask.dtype != np.uint8 or not mask.size:
             return f"seq {hdr.seq}: no 2-D uint8 mask part"
-        conf = arrays.get("confidence")
-        if conf is not None and (conf.ndim != 2 or conf.dtype != np.uint8):
-            return f"seq {hdr.seq}: confidence part is not a 2-D uint8 map"
+        for name in ("confidence", "entropy", "margin"):
+            m = arrays.get(name)
+            if m is not None and (m.ndim != 2 or m.dtype != np.uint8):
+                return f"seq {hdr.seq}: {name} part is not a 2-D uint8 map"
         frame = arrays.get("frame")
         if frame is not None:
             if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8 or not frame.size:
@@ -275,7 +281,13 @@ class OverlayStage(Stage):
         conf = arrays.get("confidence")
         if conf is not None:
             conf = resize_to(np.asarray(conf), frame.shape[:2], nearest=False)
-        overlay = self.blend(frame, mask) if any(s.wants_overlay for s in self.sinks) else None
+        maps = {
+            k: resize_to(np.asarray(arrays[k]), frame.shape[:2], nearest=False)
+            for k in ("entropy", "margin")
+            if k in arrays
+        }
+        shading = {"confidence": conf} if self.cfg.shade_uncertain is not None else {}
+        overlay = self.blend(frame, mask, **shading) if any(s.wants_overlay for s in self.sinks) else None
         hdr.stamp("overlay")
         result = Result(
             seq=hdr.seq,
@@ -284,14 +296,18 @@ class OverlayStage(Stage):
             mask=mask,
             overlay=overlay,
             confidence=conf,
+            maps=maps,
             timestamps=dict(hdr.ts),
             drops={**hdr.drops, **self.metrics.drops},
             stats=self.live_stats.update(hdr.ts),
+            source=H.link_of(hdr),
         )
         for s in self.sinks:
             s.write(result)
         t_out = time.time()
         self.metrics.latency.add(t_out - hdr.ts.get("source", hdr.ts.get("capture", t_out)))
+        if "camera" in hdr.ts:  # the camera's clock at capture (RTSP): glass-to-output
+            self.metrics.glass.add(t_out - hdr.ts["camera"])
         self.to_ack.append(hdr.seq)
         self.written += 1
         self.metrics.frames_out += 1

@@ -47,6 +47,11 @@ class PreprocessStage(Stage):
             self.out.bind(address)
             self.remote = {"endpoint": address, "connected": 0, "lost": 0}
         self.inline = bool(self.cfg.remote_infer) or self.ring is None
+        self.adaptive = None
+        if self.cfg.adaptive:  # live sources: input size follows the drops (stream.adaptive)
+            from stream.adaptive import AdaptiveInput
+
+            self.adaptive = AdaptiveInput(self.meta)
         self.poller = zmq.Poller()
         self.poller.register(self.inp, zmq.POLLIN)
         self.warm_up()
@@ -93,6 +98,7 @@ class PreprocessStage(Stage):
 
     def step(self) -> None:
         from engines.runtime.preprocess import prepare_batch
+        from engines.tiling import work_image
 
         for frames in self.incoming(self.cfg.heartbeat_s):
             with self.metrics.busy():
@@ -101,8 +107,19 @@ class PreprocessStage(Stage):
                     self.send_out(H.encode(hdr))
                     continue
                 self.metrics.frames_in += 1
-                batch = prepare_batch([frame_of(self.ring, hdr, arrays)], self.meta, uint8=self.uint8)
-                x = batch[0]
+                frame = frame_of(self.ring, hdr, arrays)
+                if self.cfg.infer_mode == "tiled":
+                    # tiled: infer cuts model-size tiles from the uint8 frame at the run's scale; the
+                    # header says so, so any infer worker (remote ones too) knows what it received
+                    x = work_image(frame, self.meta.input_size[::-1], self.cfg.infer_scale)
+                    hdr.extra["tiles"] = self.cfg.tile_overlap
+                elif self.adaptive is not None:
+                    meta = self.adaptive.meta_for(sum(hdr.drops.values()))
+                    x = prepare_batch([frame], meta, uint8=self.uint8)[0]
+                    hdr.extra["infer_size"] = list(meta.input_size)
+                    self.metrics.extra["adaptive"] = self.adaptive.stats()
+                else:
+                    x = prepare_batch([frame], self.meta, uint8=self.uint8)[0]
                 hdr.stamp("preprocess")
                 # a frame that came inline (no ring, or too large for its slot) rides along to the overlay
                 keep = {"frame": arrays["frame"]} if "frame" in arrays else {}

@@ -1,5 +1,6 @@
 """A subscriber in another language: the Node.js client (tools/clients/node, written from
-docs/PROTOCOL.md) decodes headers and raw / RLE masks from a real publisher and checks them."""
+docs/PROTOCOL.md) decodes headers and raw / RLE / COCO-RLE / polygon masks from a real publisher and
+checks them."""
 
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("encoding", ["raw", "rle"])
+@pytest.mark.parametrize("encoding", ["raw", "rle", "coco-rle", "polygons"])
 def test_node_client_decodes_and_checks_masks(camvid, encoding):
     classes, frames, masks = real_samples(camvid)
     port = free_port_block()
-    sink = ZmqPubSink(f"zmq-pub://127.0.0.1:{port}?encoding={encoding}&confidence=raw")
+    # polygons at tolerance 0 are exact, so every encoding must give back the very pixels sent
+    extra = "&tolerance=0" if encoding == "polygons" else ""
+    sink = ZmqPubSink(f"zmq-pub://127.0.0.1:{port}?encoding={encoding}&confidence=raw{extra}")
     sink.open(stream_info(classes, frames[0]))
     feeder = Feeder(sink, frames, masks, rate=40)
     feeder.start()
@@ -62,6 +65,8 @@ def test_node_client_decodes_and_checks_masks(camvid, encoding):
     assert summary["encodings"] == [encoding]
     assert summary["classes_digest"] == classes.digest()
     assert summary["max_id"] == max(int(m.max()) for m in masks)  # it really read the pixels
+    sent = [int(masks[seq % len(masks)].sum()) for seq in summary["seqs"]]
+    assert summary["id_sums"] == sent
 
 
 def test_node_client_reports_a_dead_endpoint(tmp_path):

@@ -5,7 +5,7 @@
 //
 // Fetches the class table (REQ to PORT+1), subscribes (SUB to PORT, or with --lossless a DEALER
 // to PORT+2 that grants credit, so nothing is missed), decodes each header and the
-// raw / RLE mask, and checks what section 11 of the page lists: header size and JSON, protocol
+// raw / RLE / COCO-RLE / polygons mask, and checks what section 11 of the page lists: header size and JSON, protocol
 // version, topic == stream, seq >= 0 and increasing, size limits before allocating, part lengths,
 // RLE runs >= 1 covering width*height, every class id < num_classes (or the ignore index), the
 // class-table digest. A message that fails a check is skipped and its error recorded; the 2-part end
@@ -73,6 +73,101 @@ function rleDecode(buf, n) {
   return out;
 }
 
+// COCO compressed RLE string -> counts (pycocotools' rleFrString): 6-bit chunks offset by 48, 5 value
+// bits each, 0x20 = more chunks follow, 0x10 of the last chunk = sign; counts from the 4th on are
+// stored as the difference to the count two before.
+function cocoCounts(str) {
+  const counts = [];
+  let p = 0;
+  while (p < str.length) {
+    let x = 0, k = 0, more = true, c = 0;
+    while (more) {
+      if (p >= str.length) throw new Error("COCO RLE string ends inside a count");
+      c = str.charCodeAt(p) - 48;
+      if (c < 0 || c > 63) throw new Error("COCO RLE string has a character outside '0'..'o'");
+      x |= (c & 0x1f) * 2 ** (5 * k); // no << past 31 bits
+      more = (c & 0x20) !== 0; p++; k++;
+      if (k > 7) throw new Error("COCO RLE count too large");
+    }
+    if (c & 0x10) x -= 2 ** (5 * k); // sign-extend
+    if (counts.length > 2) x += counts[counts.length - 2];
+    counts.push(x);
+  }
+  return counts;
+}
+
+// coco-rle: every segment's runs (column-major, 0-run first) must tile the image exactly once.
+function cocoRleDecode(doc, w, h) {
+  const n = w * h;
+  const colMajor = Buffer.alloc(n);
+  const covered = new Uint8Array(n);
+  for (const s of doc.segments) {
+    const seg = s.segmentation;
+    if (!seg || !Array.isArray(seg.size) || seg.size[0] !== h || seg.size[1] !== w || typeof seg.counts !== "string") throw new Error("coco-rle segment without segmentation {size: [H, W], counts}");
+    const counts = cocoCounts(seg.counts);
+    let pos = 0;
+    counts.forEach((len, i) => {
+      if (len < 0 || (i > 0 && len === 0)) throw new Error("COCO RLE count < 1 after the first");
+      if (pos + len > n) throw new Error("COCO RLE covers more than width*height");
+      if (i % 2 === 1) {
+        for (let j = pos; j < pos + len; j++) { if (covered[j]++) throw new Error("coco-rle segments overlap"); }
+        colMajor.fill(s.category_id, pos, pos + len);
+      }
+      pos += len;
+    });
+    if (pos !== n) throw new Error(`COCO RLE covers ${pos} pixels, expected ${n}`);
+  }
+  if (covered.some((v) => v !== 1)) throw new Error("coco-rle segments leave pixels uncovered");
+  const out = Buffer.alloc(n); // to row-major
+  for (let x = 0; x < w; x++) for (let y = 0; y < h; y++) out[y * w + x] = colMajor[x * h + y];
+  return out;
+}
+
+// polygons: fill, then each segment's rings (corners on pixel edges) painted with the even-odd rule
+// at pixel centers (x + 0.5, y + 0.5), segments in order.
+function polygonsDecode(doc, w, h) {
+  if (!Number.isInteger(doc.fill) || doc.fill < 0 || doc.fill > 255) throw new Error("polygons payload without an integer fill");
+  const out = Buffer.alloc(w * h, doc.fill);
+  for (const s of doc.segments) {
+    if (!Array.isArray(s.polygons)) throw new Error("polygons segment without a polygons list");
+    const rings = [];
+    for (const p of s.polygons) rings.push(p.exterior, ...(p.holes || []));
+    const edges = [];
+    for (const r of rings) {
+      if (!Array.isArray(r) || r.length % 2) throw new Error("a ring is not a flat list of x, y pairs");
+      for (let i = 0; i < r.length; i += 2) {
+        if (!Number.isInteger(r[i]) || !Number.isInteger(r[i + 1]) || r[i] < 0 || r[i] > w || r[i + 1] < 0 || r[i + 1] > h) throw new Error("a polygon corner is outside the image");
+        const j = (i + 2) % r.length;
+        if (r.length >= 6) edges.push([r[i], r[i + 1], r[j], r[j + 1]]);
+      }
+    }
+    for (let y = 0; y < h; y++) {
+      const yc = y + 0.5;
+      const xs = [];
+      for (const [x0, y0, x1, y1] of edges) {
+        if ((y0 <= yc) !== (y1 <= yc)) xs.push(x0 + ((yc - y0) * (x1 - x0)) / (y1 - y0));
+      }
+      xs.sort((a, b) => a - b);
+      for (let k = 0; k + 1 < xs.length; k += 2) {
+        for (let x = Math.max(0, Math.ceil(xs[k] - 0.5)); x < w && x + 0.5 < xs[k + 1]; x++) out[y * w + x] = s.category_id;
+      }
+    }
+  }
+  return out;
+}
+
+function segmentsDecode(payload, header) {
+  if (payload.length > 2 * LIMITS.pixels + 2 ** 20) throw new Error("segments payload too large");
+  const doc = JSON.parse(payload.toString("utf8"));
+  if (!doc || doc.format !== header.encoding || !Array.isArray(doc.size) || doc.size[0] !== header.height || doc.size[1] !== header.width || !Array.isArray(doc.segments)) {
+    throw new Error(`segments payload does not match the header (${header.encoding} ${header.width}x${header.height})`);
+  }
+  for (const s of doc.segments) {
+    if (!Number.isInteger(s.category_id) || s.category_id < 0 || s.category_id > 255 || !Number.isInteger(s.area)) throw new Error("segment without integer category_id / area");
+  }
+  return header.encoding === "coco-rle" ? cocoRleDecode(doc, header.width, header.height) : polygonsDecode(doc, header.width, header.height);
+}
+
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const timeoutMs = Math.round(args.timeout * 1000);
@@ -88,7 +183,7 @@ async function main() {
     sub.subscribe();
   }
   let classes = null;
-  const summary = { received: 0, ended: false, end_reason: null, missed_at_start: null, seqs: [], width: null, height: null, encodings: [], classes_digest: null, max_id: 0, skipped: 0, errors: [] };
+  const summary = { received: 0, ended: false, end_reason: null, missed_at_start: null, seqs: [], width: null, height: null, encodings: [], classes_digest: null, max_id: 0, id_sums: [], skipped: 0, errors: [] };
   let lastSeq = -1;
   while (summary.received < args.count) {
     const parts = await sub.receive(); // throws on timeout
@@ -143,6 +238,8 @@ async function main() {
         mask = parts[2];
       } else if (header.encoding === "rle") {
         mask = rleDecode(parts[2], n);
+      } else if (header.encoding === "coco-rle" || header.encoding === "polygons") {
+        mask = segmentsDecode(parts[2], header);
       }
     } catch (err) {
       check(false, err.message);
@@ -151,11 +248,14 @@ async function main() {
       const ignore = classes.classes.ignore_index;
       const numClasses = classes.classes.names.length;
       check(numClasses === header.num_classes, "num_classes differs from the class table");
+      let idSum = 0;
       for (let i = 0; i < mask.length; i++) {
         const id = mask[i];
+        idSum += id;
         if (id > summary.max_id) summary.max_id = id;
         if (id >= numClasses && id !== ignore) { check(false, `class id ${id} at pixel ${i}`); break; }
       }
+      summary.id_sums.push(idSum); // lets a test compare the decoded pixels with what was sent
     }
     summary.errors.push(...problems);
     summary.received++;

@@ -1,0 +1,152 @@
+"""Depth for RGB-D segmentation: reading 16-bit depth PNGs, normalizing them, and RGB-D dataset folders.
+
+Depth images are single-channel 16-bit PNGs in millimetres, 0 = no measurement (the convention of
+RealSense, Kinect and the NYU Depth v2 toolbox exports). Two folder layouts are read:
+
+- ours (CamVid-like): ``DIR/images/NAME.jpg|png``, ``DIR/labels/NAME.png``, ``DIR/depth/NAME.png``;
+- NYUv2-style: ``DIR/image/NAME.png``, ``DIR/label/NAME.png``, ``DIR/depth/NAME.png`` (singular names;
+  ``rgb/`` is accepted for the colour folder).
+
+Normalization (``DepthSpec``, stored in the model metadata under ``extra["depth"]`` so every runtime
+feeds depth the way training did): ``d / max_mm`` clipped to [0, 1], then ``(x - mean) / std``;
+invalid pixels (0 mm) get the value ``invalid`` *after* normalization (0 = the mean depth by default,
+so a hole reads as "no information" rather than as "touching the camera").
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from engines.data import IMAGE_SUFFIXES, DatasetError, DatasetNotFound, SegmentationDataset, SizeMismatch
+from engines.meta import ClassTable
+
+COLOR_DIRS = ("images", "image", "rgb")
+LABEL_DIRS = ("labels", "label")
+DEPTH_DIR = "depth"
+
+
+@dataclass(frozen=True)
+class DepthSpec:
+    max_mm: float = 10000.0  # depth scale: 10 m covers indoor RGB-D cameras
+    mean: float = 0.5
+    std: float = 0.25
+    invalid: float = 0.0  # normalized value given to pixels without a measurement
+
+    def __post_init__(self) -> None:
+        if self.max_mm <= 0 or self.std <= 0:
+            raise DatasetError(f"depth normalization: max_mm {self.max_mm} and std {self.std} must be > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": "mm", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DepthSpec:
+        return cls(**{k: float(d[k]) for k in ("max_mm", "mean", "std", "invalid") if k in d})
+
+    def normalize(self, depth_mm: np.ndarray) -> np.ndarray:
+        """uint16 millimetres (..., H, W) -> float32 normalized, invalid pixels set to ``invalid``."""
+        d = depth_mm.astype(np.float32)
+        x = (np.clip(d / self.max_mm, 0.0, 1.0) - self.mean) / self.std
+        return np.where(depth_mm == 0, np.float32(self.invalid), x).astype(np.float32)
+
+
+def read_depth(path: str | Path) -> np.ndarray:
+    """A 16-bit single-channel PNG in millimetres -> (H, W) uint16; anything else -> DatasetError."""
+    path = Path(path)
+    d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
+    if d is None:
+        raise DatasetError(f"{path}: depth image not found or not readable")
+    if d.ndim != 2 or d.dtype != np.uint16:
+        kind = f"{d.dtype}, {1 if d.ndim == 2 else d.shape[2]} channel(s)"
+        raise DatasetError(f"{path}: depth must be a single-channel 16-bit PNG in millimetres, got {kind}")
+    return d
+
+
+def _first_dir(root: Path, names: tuple[str, ...]) -> Path | None:
+    return next((root / n for n in names if (root / n).is_dir()), None)
+
+
+def list_triplets(root: str | Path) -> list[tuple[Path, Path, Path]]:
+    """(image, label, depth) paths of a folder in either layout, matched by file stem."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetNotFound(f"dataset folder not found: {root}")
+    img_dir, lab_dir = _first_dir(root, COLOR_DIRS), _first_dir(root, LABEL_DIRS)
+    dep_dir = root / DEPTH_DIR
+    if img_dir is None or lab_dir is None or not dep_dir.is_dir():
+        raise DatasetNotFound(
+            f"{root}: an RGB-D folder needs images/ (or image/, rgb/), labels/ (or label/) and depth/"
+        )
+    out = []
+    for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        lab, dep = lab_dir / f"{img.stem}.png", dep_dir / f"{img.stem}.png"
+        if not lab.is_file():
+            raise DatasetError(f"{img}: no label {lab}")
+        if not dep.is_file():
+            raise DatasetError(f"{img}: no depth image {dep}")
+        out.append((img, lab, dep))
+    if not out:
+        raise DatasetNotFound(f"{root}: no images found in {img_dir}")
+    return out
+
+
+@dataclass
+class RGBDDataset:
+    """A SegmentationDataset plus depth (N, H, W) uint16 millimetres, same order and size."""
+
+    rgb: SegmentationDataset
+    depth: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.rgb)
+
+    @classmethod
+    def load(cls, root: str | Path, classes: ClassTable | None = None) -> RGBDDataset:
+        from engines.data import find_class_table
+
+        root = Path(root)
+        triplets = list_triplets(root)
+        classes = classes or find_class_table(root)
+        images, labels, depths = [], [], []
+        for img_p, lab_p, dep_p in triplets:
+            img = cv2.imread(str(img_p), cv2.IMREAD_COLOR)
+            lab = cv2.imread(str(lab_p), cv2.IMREAD_UNCHANGED)
+            if img is None or lab is None or lab.ndim != 2 or lab.dtype != np.uint8:
+                raise DatasetError(f"{img_p if img is None else lab_p}: not a readable image / 8-bit label")
+            dep = read_depth(dep_p)
+            if not (img.shape[:2] == lab.shape == dep.shape):
+                raise SizeMismatch(
+                    f"{img_p.stem}: image {img.shape[1]}x{img.shape[0]}, label {lab.shape[1]}x{lab.shape[0]} "
+                    f"and depth {dep.shape[1]}x{dep.shape[0]} must be the same size"
+                )
+            top = int(lab.max())
+            if top >= classes.num_classes and top != classes.ignore_index:
+                raise DatasetError(
+                    f"{lab_p}: label id {top} outside the class table (0-{classes.num_classes - 1})"
+                )
+            images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+            labels.append(lab)
+            depths.append(dep)
+        if len({d.shape for d in depths}) > 1:
+            raise SizeMismatch(f"{root}: RGB-D frames have different sizes")
+        rgb = SegmentationDataset(
+            images=np.stack(images),
+            labels=np.stack(labels),
+            classes=classes,
+            names=[t[0].name for t in triplets],
+            roots=[str(root)],
+        )
+        return cls(rgb=rgb, depth=np.stack(depths))
+
+
+def rgbd_input(images_rgb_u8: np.ndarray, depth_mm: np.ndarray, mean, std, spec: DepthSpec) -> np.ndarray:
+    """(N,H,W,3) uint8 RGB + (N,H,W) uint16 mm -> (N,4,H,W) float32: normalized RGB, normalized depth."""
+    x = images_rgb_u8.astype(np.float32) / 255.0
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    d = spec.normalize(depth_mm)[..., None]
+    return np.ascontiguousarray(np.concatenate([x, d], axis=-1).transpose(0, 3, 1, 2))
