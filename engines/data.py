@@ -103,13 +103,15 @@ def list_pairs(root: Path) -> list[tuple[Path, Path]]:
 
 @dataclass
 class SegmentationDataset:
-    """Images (N,H,W,3 uint8 RGB) and labels (N,H,W uint8 class ids) of one or more folders."""
+    """Images (N,H,W,3 uint8 RGB) and labels (N,H,W uint8 class ids) of one or more folders; RGB-D
+    folders (engines.depth) add ``depth`` (N,H,W uint16 millimetres, 0 = no measurement)."""
 
     images: np.ndarray
     labels: np.ndarray
     classes: ClassTable
     names: list[str]
     roots: list[str]
+    depth: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -198,6 +200,8 @@ class SegmentationDataset:
                     f"{p.roots[0]} is {p.size[0]}x{p.size[1]} but {first.roots[0]} is "
                     f"{first.size[0]}x{first.size[1]}; give a common --data-size"
                 )
+        if len({p.depth is None for p in parts}) > 1:
+            raise DatasetError(f"{first.roots[0]} and the other folders: some have depth/, some do not")
         if len(parts) == 1:
             return first
         return cls(
@@ -206,6 +210,7 @@ class SegmentationDataset:
             classes=first.classes,
             names=[n for p in parts for n in p.names],
             roots=[r for p in parts for r in p.roots],
+            depth=None if first.depth is None else np.concatenate([p.depth for p in parts]),
         )
 
     def subset(self, keep: Sequence[int] | np.ndarray) -> SegmentationDataset:
@@ -217,6 +222,7 @@ class SegmentationDataset:
             classes=self.classes,
             names=[self.names[i] for i in idx],
             roots=list(self.roots),
+            depth=None if self.depth is None else self.depth[idx],
         )
 
     def drives(self, regex: str | None = None) -> list[str]:
@@ -387,8 +393,13 @@ class BatchAugmenter:
         self.scale_range = scale_range
         self.jitter = jitter
 
-    def __call__(self, images_u8, labels_u8, generator):
-        """images (N,H,W,3) uint8, labels (N,H,W) uint8 on the device -> (float NCHW normalized, long NHW)."""
+    def __call__(self, images_u8, labels_u8, generator, depth=None, depth_fill: float = 0.0):
+        """images (N,H,W,3) uint8, labels (N,H,W) uint8 on the device -> (float NCHW normalized, long NHW).
+
+        ``depth`` (N,H,W) float, already normalized (engines.depth.DepthSpec), becomes a 4th channel: it
+        follows the image through the geometric augmentations (same warp, nearest sampling so sensor
+        holes and depth edges are never blended, padding with ``depth_fill``) and none of the photometric
+        ones. It draws no random numbers, so the colour channels get the same batches as without it."""
         import torch
         import torch.nn.functional as F
 
@@ -432,11 +443,17 @@ class BatchAugmenter:
             yl = F.grid_sample(yl, grid, mode="nearest", padding_mode="zeros", align_corners=False)
             yl = yl.squeeze(1).round_().long()
             y = torch.where(yl == 0, torch.full_like(yl, self.ignore_index), yl - 1)
+            if depth is not None:  # zero padding of (d - fill) pads the depth with ``fill``
+                d = (depth.float() - depth_fill).unsqueeze(1)
+                depth = F.grid_sample(d, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+                depth = depth.squeeze(1) + depth_fill
         if "jitter" in self.enabled:
             x = self._jitter(x, generator)
         if self.enabled & set(CAMERA_AUGMENTATIONS):
             x = self._camera(x, generator)
         x = self.normalizer.normalize_unit(x)
+        if depth is not None:
+            x = torch.cat([x, depth.float().unsqueeze(1)], dim=1)
         return x, y
 
     def _camera(self, x, generator):

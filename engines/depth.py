@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from engines.data import IMAGE_SUFFIXES, DatasetError, DatasetNotFound, SegmentationDataset, SizeMismatch
-from engines.meta import ClassTable
+from engines.meta import ClassTable, ModelMeta
 
 COLOR_DIRS = ("images", "image", "rgb")
 LABEL_DIRS = ("labels", "label")
@@ -95,6 +95,63 @@ def list_triplets(root: str | Path) -> list[tuple[Path, Path, Path]]:
     return out
 
 
+def load_rgbd(
+    root: str | Path,
+    size: tuple[int, int] | None = None,
+    classes: ClassTable | None = None,
+    limit: int | None = None,
+) -> SegmentationDataset:
+    """Decode an RGB-D folder into a SegmentationDataset with ``depth`` set; ``size`` (w, h) resizes
+    images (area/linear), labels and depth (nearest: never invent a class or a depth between two)."""
+    from engines.data import find_class_table
+
+    root = Path(root)
+    triplets = list_triplets(root)[: limit or None]
+    classes = classes or find_class_table(root)
+    images, labels, depths = [], [], []
+    for img_p, lab_p, dep_p in triplets:
+        img = cv2.imread(str(img_p), cv2.IMREAD_COLOR)
+        lab = cv2.imread(str(lab_p), cv2.IMREAD_UNCHANGED)
+        if img is None or lab is None or lab.ndim != 2 or lab.dtype != np.uint8:
+            raise DatasetError(f"{img_p if img is None else lab_p}: not a readable image / 8-bit label")
+        dep = read_depth(dep_p)
+        if not (img.shape[:2] == lab.shape == dep.shape):
+            raise SizeMismatch(
+                f"{img_p.stem}: image {img.shape[1]}x{img.shape[0]}, label {lab.shape[1]}x{lab.shape[0]} "
+                f"and depth {dep.shape[1]}x{dep.shape[0]} must be the same size"
+            )
+        top = int(lab.max())
+        if top >= classes.num_classes and top != classes.ignore_index:
+            raise DatasetError(
+                f"{lab_p}: label id {top} outside the class table (0-{classes.num_classes - 1})"
+            )
+        if size is not None and (img.shape[1], img.shape[0]) != size:
+            shrink = size[0] < img.shape[1]
+            img = cv2.resize(img, size, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            lab = cv2.resize(lab, size, interpolation=cv2.INTER_NEAREST)
+            dep = cv2.resize(dep, size, interpolation=cv2.INTER_NEAREST)
+        images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+        labels.append(lab)
+        depths.append(dep)
+    if len({d.shape for d in depths}) > 1:
+        raise SizeMismatch(f"{root}: RGB-D frames have different sizes; give a common size (--data-size WxH)")
+    return SegmentationDataset(
+        images=np.stack(images),
+        labels=np.stack(labels),
+        classes=classes,
+        names=[t[0].name for t in triplets],
+        roots=[str(root)],
+        depth=np.stack(depths),
+    )
+
+
+def load_rgbd_datasets(
+    roots: list[str] | tuple[str, ...], size: tuple[int, int] | None = None, limit: int | None = None
+) -> SegmentationDataset:
+    """Several RGB-D folders merged (same classes and size), like engines.data.load_datasets."""
+    return SegmentationDataset.merge([load_rgbd(r, size=size, limit=limit) for r in roots])
+
+
 @dataclass
 class RGBDDataset:
     """A SegmentationDataset plus depth (N, H, W) uint16 millimetres, same order and size."""
@@ -107,41 +164,9 @@ class RGBDDataset:
 
     @classmethod
     def load(cls, root: str | Path, classes: ClassTable | None = None) -> RGBDDataset:
-        from engines.data import find_class_table
-
-        root = Path(root)
-        triplets = list_triplets(root)
-        classes = classes or find_class_table(root)
-        images, labels, depths = [], [], []
-        for img_p, lab_p, dep_p in triplets:
-            img = cv2.imread(str(img_p), cv2.IMREAD_COLOR)
-            lab = cv2.imread(str(lab_p), cv2.IMREAD_UNCHANGED)
-            if img is None or lab is None or lab.ndim != 2 or lab.dtype != np.uint8:
-                raise DatasetError(f"{img_p if img is None else lab_p}: not a readable image / 8-bit label")
-            dep = read_depth(dep_p)
-            if not (img.shape[:2] == lab.shape == dep.shape):
-                raise SizeMismatch(
-                    f"{img_p.stem}: image {img.shape[1]}x{img.shape[0]}, label {lab.shape[1]}x{lab.shape[0]} "
-                    f"and depth {dep.shape[1]}x{dep.shape[0]} must be the same size"
-                )
-            top = int(lab.max())
-            if top >= classes.num_classes and top != classes.ignore_index:
-                raise DatasetError(
-                    f"{lab_p}: label id {top} outside the class table (0-{classes.num_classes - 1})"
-                )
-            images.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
-            labels.append(lab)
-            depths.append(dep)
-        if len({d.shape for d in depths}) > 1:
-            raise SizeMismatch(f"{root}: RGB-D frames have different sizes")
-        rgb = SegmentationDataset(
-            images=np.stack(images),
-            labels=np.stack(labels),
-            classes=classes,
-            names=[t[0].name for t in triplets],
-            roots=[str(root)],
-        )
-        return cls(rgb=rgb, depth=np.stack(depths))
+        ds = load_rgbd(root, classes=classes)
+        assert ds.depth is not None
+        return cls(rgb=ds, depth=ds.depth)
 
 
 def rgbd_input(images_rgb_u8: np.ndarray, depth_mm: np.ndarray, mean, std, spec: DepthSpec) -> np.ndarray:
@@ -150,3 +175,49 @@ def rgbd_input(images_rgb_u8: np.ndarray, depth_mm: np.ndarray, mean, std, spec:
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     d = spec.normalize(depth_mm)[..., None]
     return np.ascontiguousarray(np.concatenate([x, d], axis=-1).transpose(0, 3, 1, 2))
+
+
+# ---------------------------------------------------------------- models that take depth
+
+
+def depth_spec_of(meta: ModelMeta) -> DepthSpec | None:
+    """The DepthSpec an RGB-D model was trained with (its metadata's ``extra["depth"]``); None for RGB."""
+    d = meta.extra.get("depth")
+    return DepthSpec.from_dict(d) if isinstance(d, dict) else None
+
+
+def require_depth(meta: ModelMeta, has_depth: bool, hint: str) -> DepthSpec | None:
+    """The model's DepthSpec, checked against whether depth is given: an RGB-D model without depth (or
+    depth for an RGB model) is a user error naming what to do (``hint``: where depth comes from)."""
+    spec = depth_spec_of(meta)
+    if spec is not None and not has_depth:
+        raise DatasetError(
+            f"this is an RGB-D model ({meta.channels} channels: RGB + depth) and no depth was given; {hint}"
+        )
+    if spec is None and has_depth:
+        raise DatasetError(f"depth was given but this model takes RGB only ({meta.channels} channels)")
+    return spec
+
+
+def prepare_rgbd(frames_bgr: list[np.ndarray], depths_mm: list[np.ndarray], meta: ModelMeta) -> np.ndarray:
+    """uint8 BGR frames + uint16 mm depth images (any size, paired) -> the float32 N x 4 x H x W batch
+    an RGB-D model takes at ``meta.input_size`` (colour resized linearly, depth nearest)."""
+    spec = depth_spec_of(meta)
+    if spec is None:
+        raise DatasetError(f"{meta.arch}: the model has no depth normalization in its metadata (not RGB-D)")
+    if len(frames_bgr) != len(depths_mm):
+        raise DatasetError(f"{len(frames_bgr)} colour frames but {len(depths_mm)} depth images")
+    w, h = meta.input_size
+    rgb, dep = [], []
+    for i, (f, d) in enumerate(zip(frames_bgr, depths_mm, strict=True)):
+        if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+            raise DatasetError(f"frame {i}: colour must be 8-bit BGR, got {f.dtype} {list(f.shape)}")
+        if d.ndim != 2 or d.dtype != np.uint16:
+            raise DatasetError(f"frame {i}: depth must be a single-channel 16-bit image in mm, got {d.dtype}")
+        if f.shape[:2] != (h, w):
+            f = cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR)
+        if d.shape != (h, w):
+            d = cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST)
+        rgb.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
+        dep.append(d)
+    return rgbd_input(np.stack(rgb), np.stack(dep), meta.mean, meta.std, spec)

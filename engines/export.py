@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from engines.depth import depth_spec_of
 from engines.errors import SegstreamError
 from engines.meta import META_KEY, MetadataError, ModelMeta
 
@@ -260,6 +261,11 @@ def verify(
 
     fp16 = is_fp16(model)
     batch = prepare_batch(list(frames)[: max(1, min(4, meta.max_batch))], meta)
+    spec = depth_spec_of(meta)
+    if spec is not None and batch.shape[1] == 4:  # RGB-D: a depth channel as training normalized it
+        mm = np.random.default_rng(2).uniform(0, 1.2 * spec.max_mm, batch[:, 3].shape)
+        mm[np.random.default_rng(3).random(mm.shape) < 0.02] = 0  # sensor holes
+        batch[:, 3] = spec.normalize(mm.astype(np.uint16))
     ref = _torch_logits(net, batch)
     logits_name, elem = _logits_tensor(model)
     sess = _session(model, [(logits_name, elem)])
@@ -393,6 +399,11 @@ def export_checkpoint(
     net, meta, _ = model_from_checkpoint(checkpoint)
     out = Path(out) if out else checkpoint.with_suffix(".fp16.onnx" if fp16 else ".onnx")
     frames = source = None
+    if verify_dir is not None and depth_spec_of(meta) is not None:
+        raise ExportError(
+            f"--verify-data {verify_dir}: reads colour images only, and {checkpoint.name} is an RGB-D model "
+            "(leave it out: RGB-D models are verified on synthetic colour + depth)"
+        )
     if verify_dir is not None:
         frames = load_images(verify_dir, verify_count)
         source = f"{len(frames)} images from {verify_dir}"

@@ -38,10 +38,12 @@ from engines.data import (
     parse_size,
     split_by_drive,
 )
+from engines.depth import DepthSpec, load_rgbd_datasets
 from engines.errors import SegstreamError
 from engines.losses import build_loss, class_weights
 from engines.meta import ModelMeta
 from engines.metrics import ConfusionMatrix, ProbabilityMSE, torch_confusion
+from engines.models.fusion import RGBD_MODELS, rgbd_arch
 
 CHECKPOINT_FORMAT = "segstream-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -68,6 +70,9 @@ class TrainConfig:
     out: str | None = None
     arch: str = "fastscnn"
     width: float | None = None
+    modality: str = "rgb"  # rgbd: folders with depth/ beside images/ and labels/ (engines.depth)
+    fusion: str = "early"  # rgbd: early (4-channel input) or mid (depth branch at 1/8: fastscnn-rgbd)
+    depth_max_mm: float | None = None  # rgbd: depth scale of the normalization (DepthSpec default)
     epochs: int = 100
     batch_size: int = 8
     lr: float | None = None
@@ -289,6 +294,22 @@ class Trainer:
                 )
             # from the file names alone, before minutes of decoding images
             check_drives(drives, drives_in(c.data, c.group_regex, c.limit), "--holdout-drive")
+        if c.modality not in ("rgb", "rgbd"):
+            raise TrainError(f"--modality '{c.modality}': expected rgb or rgbd")
+        if c.modality == "rgbd":
+            try:
+                rgbd_arch(c.arch, c.fusion)
+            except ValueError as e:
+                raise TrainError(str(e)) from None
+            if c.teacher is not None:
+                raise TrainError("--teacher: distillation is built for RGB models; not with --modality rgbd")
+            if c.pretrained:
+                raise TrainError(
+                    "--pretrained: the shipped encoder weights are RGB only; not with --modality rgbd"
+                )
+            self.depth_spec = DepthSpec(**({"max_mm": float(c.depth_max_mm)} if c.depth_max_mm else {}))
+        elif c.arch in RGBD_MODELS:
+            raise TrainError(f"--arch {c.arch} takes RGB + depth: give --modality rgbd")
         build_loss(c.loss, 2, None)  # a bad --loss is reported before the data is loaded
         if c.init is not None and not Path(c.init).is_file():
             raise TrainError(f"--init {c.init}: file not found")
@@ -327,10 +348,12 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed crop size: let cuDNN pick the fastest kernels
         t0 = time.perf_counter()
         data_size = parse_size(c.data_size)
-        self.train_set: SegmentationDataset = load_datasets(c.data, size=data_size, limit=c.limit)
+        rgbd = c.modality == "rgbd"
+        load = load_rgbd_datasets if rgbd else load_datasets
+        self.train_set: SegmentationDataset = load(c.data, size=data_size, limit=c.limit)
         val_roots = self._val_roots()
         eval_size = parse_size(c.eval_size) or data_size
-        self.val_set = load_datasets(val_roots, size=eval_size, limit=c.limit) if val_roots else None
+        self.val_set = load(val_roots, size=eval_size, limit=c.limit) if val_roots else None
         if c.holdout_drive:
             if eval_size is not None and eval_size != data_size:
                 raise TrainError("--holdout-drive validates on --data images: --eval-size cannot differ")
@@ -356,17 +379,18 @@ class Trainer:
             + f" ({time.perf_counter() - t0:.1f} s)"
         )
 
-        # model
+        # model (RGB-D: the network that fuses depth as --fusion says, fed 4 channels)
+        self.arch, in_channels = rgbd_arch(c.arch, c.fusion) if rgbd else (c.arch, 3)
         self.arch_args: dict[str, Any] = {
             "num_classes": self.num_classes,
-            "in_channels": 3,
+            "in_channels": in_channels,
             "dropout": float(c.dropout),
         }
         if c.width is not None:
             self.arch_args["width"] = float(c.width)
         if self.ck is not None:
             self.arch_args = dict(self.ck["arch_args"])
-        self.model = self.builder(c.arch, **self.arch_args)
+        self.model = self.builder(self.arch, **self.arch_args)
         self.pretrained = self._load_init() if (c.init and self.ck is None) else self._load_pretrained()
         self.model.to(self.device)
         self.channels_last = bool(c.extra.get("channels_last", self.cuda))
@@ -384,14 +408,21 @@ class Trainer:
         if self.val_set is not None:
             self.val_images = torch.from_numpy(self.val_set.images).to(self.device)
             self.val_labels = torch.from_numpy(self.val_set.labels).to(self.device)
+        # depth normalized once (float, on the device); the augmenter warps it with the image
+        self.train_depth = self.val_depth = None
+        if rgbd:
+            norm_depth = self.depth_spec.normalize
+            self.train_depth = torch.from_numpy(norm_depth(self.train_set.depth)).to(self.device)
+            if self.val_set is not None:
+                self.val_depth = torch.from_numpy(norm_depth(self.val_set.depth)).to(self.device)
         from engines.models import input_normalization
 
         norm = input_normalization(self.model)
         self.meta = ModelMeta(
-            arch=c.arch,
+            arch=self.arch,
             classes=self.classes,
             input_size=(self.val_set or self.train_set).size,
-            channels=3,
+            channels=in_channels,
             **({"mean": norm[0], "std": norm[1]} if norm else {}),
             extra={
                 "arch_args": self.arch_args,
@@ -400,6 +431,12 @@ class Trainer:
                 "train_drives": self.train_drives,
                 "val_drives": self.val_drives,
                 "encoder_init": self.pretrained,  # "imagenet" or None (random)
+                # every runtime feeds depth the way training normalized it (engines.depth.depth_spec_of)
+                **(
+                    {"modality": "rgbd", "fusion": c.fusion, "depth": self.depth_spec.to_dict()}
+                    if rgbd
+                    else {}
+                ),
             },
         )
         self.normalizer = Normalizer(self.meta.mean, self.meta.std, self.device)
@@ -471,8 +508,8 @@ class Trainer:
     def _load_init(self) -> str:
         """Warm start (e.g. a second annealing cycle): the weights of INIT, a fresh optimizer and schedule."""
         ck = load_checkpoint(self.cfg.init)
-        if ck["arch"] != self.cfg.arch:
-            raise TrainError(f"--init {self.cfg.init}: arch '{ck['arch']}' is not --arch '{self.cfg.arch}'")
+        if ck["arch"] != self.arch:
+            raise TrainError(f"--init {self.cfg.init}: arch '{ck['arch']}' is not --arch '{self.arch}'")
         try:
             self.model.load_state_dict(ck["model"])
         except RuntimeError as e:  # other class count or width: the user's to fix
@@ -496,7 +533,7 @@ class Trainer:
             raise TrainError(f"--pretrained: arch '{self.cfg.arch}' has no pretrained encoder")
         if self.ck is not None:  # the resumed weights already hold whatever the run started from
             return json.loads(self.ck.get("meta") or "{}").get("extra", {}).get("encoder_init")
-        if want is False or not has_pretrained(self.model):
+        if want is False or not has_pretrained(self.model) or self.cfg.modality == "rgbd":
             return None
         dropped = load_pretrained(self.model)
         self.console.print(
@@ -544,7 +581,7 @@ class Trainer:
         ck: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
-            "arch": self.cfg.arch,
+            "arch": self.arch,
             "arch_args": dict(self.arch_args),
             "model": cpu_state_dict(self.model),
             "meta": self.meta.to_json(),
@@ -605,7 +642,16 @@ class Trainer:
         return lr
 
     def _forward_loss(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        x, y = self.augmenter(self.train_images[idx], self.train_labels[idx], gen)
+        if self.train_depth is None:
+            x, y = self.augmenter(self.train_images[idx], self.train_labels[idx], gen)
+        else:
+            x, y = self.augmenter(
+                self.train_images[idx],
+                self.train_labels[idx],
+                gen,
+                depth=self.train_depth[idx],
+                depth_fill=self.depth_spec.invalid,
+            )
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
@@ -726,6 +772,8 @@ class Trainer:
         t0 = time.perf_counter()
         for a in range(0, n, self.batch):
             x = self.normalizer(self.val_images[a : a + self.batch])
+            if self.val_depth is not None:
+                x = torch.cat([x, self.val_depth[a : a + self.batch].unsqueeze(1)], dim=1)
             y = self.val_labels[a : a + self.batch].long()
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -787,7 +835,8 @@ class Trainer:
         )
         (run_dir / "config.json").write_text(json.dumps(config, indent=2, default=str))
         self.console.print(
-            f"training {c.arch} ({self.n_params / 1e6:.2f} M params) on {self.device}"
+            f"training {self.arch}{f' (RGB-D, {c.fusion} fusion)' if c.modality == 'rgbd' else ''} "
+            f"({self.n_params / 1e6:.2f} M params) on {self.device}"
             f"{' bf16 autocast, channels_last' if self.amp_dtype is not None and self.cuda else ''}: "
             f"{c.optimizer} lr {self.base_lr:g}, {c.schedule} schedule, batch {self.batch}, "
             f"{self.steps_per_epoch} steps/epoch, loss {c.loss}, augment {','.join(self.augs) or 'none'}"

@@ -246,8 +246,9 @@ def mark_pareto(results: list[Result]) -> None:
 
 
 def pick(results: list[Result], target_fps: float) -> Result | None:
-    """The most accurate result at or above the target (ties: the faster); without mIoU figures, the
-    one that infers the most pixels per frame (input size, tiles), then the faster."""
+    """The most accurate result at or above the target (by ``speed``: a confirmation run can only lower
+    it; ties: the faster); without mIoU figures, the one that infers the most pixels per frame (input
+    size, tiles), then the faster."""
 
     def pixels(r: Result) -> float:
         w, h = r.candidate.size
@@ -330,10 +331,6 @@ def parse_size(text: str) -> tuple[int, int]:
     if not (32 <= w <= 4096 and 32 <= h <= 4096):
         raise TuneError(f"size {text!r}: width and height must be 32..4096")
     return w, h
-
-
-def summary_rows(results: list[Result]) -> list[dict[str, Any]]:
-    return [r.to_dict() for r in sorted(results, key=lambda r: -(r.fps or 0))]
 
 
 def plot(results: list[Result], target_fps: float, path: Path, chosen: Result | None) -> Path:

@@ -3,8 +3,9 @@
 A live source drops frames when the pipeline cannot keep up (capture counts them in every header). The
 preprocess stage feeds this controller each frame's drop count and resizes to the size it returns:
 
-- **down**: ``drops_to_step`` new drops within ``window_s`` -> one step smaller (after ``settle_s`` at the
-  current size, so the frames already in flight at the old size are not held against the new one);
+- **down**: ``drops_to_step`` new drops, and at least ``drop_ratio`` of the frames offered, within
+  ``window_s`` -> one step smaller (after ``settle_s`` at the current size, so the frames already in
+  flight at the old size are not held against the new one; drops while settling are counted apart);
 - **up**: ``calm_s`` without a drop at a reduced size -> one step larger (probing for headroom);
 - **hysteresis**: a step down within ``calm_s`` of a step up means that larger size does not fit: the calm
   needed before the next probe doubles (up to ``max_calm_s``), so the size does not flap; it halves back
@@ -37,6 +38,7 @@ def ladder(native: tuple[int, int], fractions: tuple[float, ...] = FRACTIONS) ->
 class AdaptiveSize:
     sizes: list[tuple[int, int]]  # largest (native) first
     drops_to_step: int = 2
+    drop_ratio: float = 0.1  # ... and at least this share of the frames offered in the window
     window_s: float = 1.0
     settle_s: float = 1.0
     calm_s: float = 3.0
@@ -47,7 +49,8 @@ class AdaptiveSize:
     _changed_at: float = 0.0
     _last_drop_at: float = 0.0
     _last_drops: int | None = None
-    _recent: list[tuple[float, int]] = field(default_factory=list)  # (time, new drops) in the window
+    _recent: list[tuple[float, int]] = field(default_factory=list)  # (time, new drops) per frame
+    transition_drops: int = 0  # drops seen while settling after a change (the old size's backlog)
     _calm: float = 0.0
     _last_up_at: float | None = None
     per_size: dict[str, dict[str, int]] = field(default_factory=dict)  # "WxH" -> frames, drops seen there
@@ -69,15 +72,20 @@ class AdaptiveSize:
         new = 0 if self._last_drops is None else max(0, drops_total - self._last_drops)
         self._last_drops = drops_total
         if new:
-            self._recent.append((now, new))
             self._last_drop_at = now
+        self._recent.append((now, new))
         w, h = self.size
         here = self.per_size.setdefault(f"{w}x{h}", {"frames": 0, "drops": 0})
         here["frames"] += 1
-        here["drops"] += new
+        if self.changes and now - self._changed_at < self.settle_s:
+            self.transition_drops += new
+        else:
+            here["drops"] += new
         self._recent = [(t, n) for t, n in self._recent if now - t <= self.window_s]
-        in_window = sum(n for t, n in self._recent if t >= self._changed_at + self.settle_s)
-        if in_window >= self.drops_to_step and now - self._changed_at >= self.settle_s:
+        judged = [n for t, n in self._recent if t >= self._changed_at + self.settle_s]
+        in_window = sum(judged)
+        overloaded = in_window >= max(self.drops_to_step, self.drop_ratio * (in_window + len(judged)))
+        if overloaded and now - self._changed_at >= self.settle_s:
             if self.level + 1 < len(self.sizes):
                 if self._last_up_at is not None and now - self._last_up_at <= self._calm + self.settle_s:
                     self._calm = min(self.max_calm_s, self._calm * 2)  # that probe failed: wait longer
@@ -114,6 +122,7 @@ class AdaptiveSize:
             "steps_up": sum(1 for c in self.changes if c["to"][0] > c["from"][0]),
             "changes": self.changes[-20:],
             "per_size": self.per_size,
+            "transition_drops": self.transition_drops,
         }
 
 

@@ -66,6 +66,8 @@ class PipelineConfig:
     tile_overlap: float = 0.25
     # live sources: step the model input size down under drops, back up with headroom (stream.adaptive)
     adaptive: bool = False
+    # RGB-D models: a folder of 16-bit depth PNGs (mm) paired with the colour frames by index
+    depth: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -141,6 +143,13 @@ class PipelineConfig:
             raise bad("adaptive", self.adaptive, "steps the model input size: needs infer_mode 'scaled'")
         if self.adaptive and self.batch not in (None, 1):
             raise bad("batch", self.batch, "adaptive runs infer one frame at a time (sizes change)")
+        if self.depth is not None:
+            if not isinstance(self.depth, str) or not Path(self.depth.removeprefix("images:")).is_dir():
+                raise bad("depth", self.depth, "must be a folder of 16-bit depth PNGs (mm)")
+            if self.infer_mode != "scaled" or self.adaptive or self.remote_infer:
+                raise bad(
+                    "depth", self.depth, "RGB-D runs need infer_mode 'scaled', local workers, no adaptive"
+                )
         if self.remote_infer:
             from stream.transport import parse_endpoint
 

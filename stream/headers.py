@@ -127,6 +127,15 @@ class FrameHeader:
 MAX_URI = 1024  # characters of a source URI carried into mask headers and pages
 
 
+def infer_size_of(header: FrameHeader) -> tuple[int, int] | None:
+    """The (w, h) the preprocess stage resized this frame to under --adaptive; None otherwise (or when
+    the value is not two positive integers: never worth dropping a frame for)."""
+    v = header.extra.get("infer_size")
+    if isinstance(v, list) and len(v) == 2 and all(type(x) is int and x > 0 for x in v):
+        return int(v[0]), int(v[1])
+    return None
+
+
 def link_of(header: FrameHeader) -> dict[str, Any]:
     """A live source's link counters from a frame header (capture's ``extra.link`` and the source URI),
     checked and reduced to what the mask header and the live view show; {} when there are none. Never

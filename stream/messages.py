@@ -31,6 +31,9 @@ KIND_CLASSES = "segstream.classes"
 SEGMENT_ENCODINGS = ("coco-rle", "polygons")
 MASK_ENCODINGS = ("raw", "png", "rle", *SEGMENT_ENCODINGS)
 CONFIDENCE_ENCODINGS = ("raw", "png")
+#: optional uncertainty planes (engines.calibration; uint8 like confidence): entropy / ln C * 255 and
+#: top-1 minus top-2 probability * 255, each a part named after the map, encoded raw|png
+UNCERTAINTY_MAPS = ("entropy", "margin")
 # One RLE run: uint32 little-endian run length, then the uint8 class id (5 bytes, packed).
 RLE_DTYPE = np.dtype([("length", "<u4"), ("value", "u1")])
 CLASSES_REQUEST = b"classes"
@@ -79,6 +82,7 @@ class MaskMessage:
     confidence: np.ndarray | None = None  # (H, W) uint8, max softmax * 255
     overlay_jpeg: bytes | None = None
     classes: ClassTable | None = None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # 'entropy'/'margin' (H, W) uint8, if sent
     segments: dict[str, Any] | None = None  # the JSON document of a coco-rle / polygons payload
     received: float = field(default_factory=time.time)
     size: int = 0  # bytes on the wire, all parts
@@ -86,6 +90,16 @@ class MaskMessage:
     @property
     def seq(self) -> int:
         return int(self.header["seq"])
+
+    @property
+    def entropy(self) -> np.ndarray | None:
+        """Softmax entropy / ln C * 255 per pixel (0 = certain), when the publisher sent it."""
+        return self.maps.get("entropy")
+
+    @property
+    def margin(self) -> np.ndarray | None:
+        """Top-1 minus top-2 class probability * 255 per pixel (low = unsure), when sent."""
+        return self.maps.get("margin")
 
     @property
     def stream(self) -> str:
@@ -271,9 +285,13 @@ def encode_mask_message(
     publish_time: float | None = None,
     segments: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
+    maps: Mapping[str, np.ndarray] | None = None,
+    infer_size: tuple[int, int] | None = None,
+    maps_encoding: str = "raw",
 ) -> list[bytes | memoryview]:
     """Build the multipart message. ``timestamps`` are time.time() seconds by stage name;
-    ``segments``: options of the coco-rle / polygons encodings (components, tolerance)."""
+    ``segments``: options of the coco-rle / polygons encodings (components, tolerance); ``maps``:
+    uncertainty planes by name (UNCERTAINTY_MAPS), each one more part, after confidence."""
     if mask.ndim != 2:
         raise MessageError("malformed", f"mask must be (H, W), got shape {mask.shape}")
     height, width = mask.shape
@@ -296,6 +314,15 @@ def encode_mask_message(
             raise MessageError("malformed", f"unknown confidence encoding {confidence_encoding!r}")
         extra.append(encode_mask(confidence, confidence_encoding))
         parts.append({"name": "confidence", "encoding": confidence_encoding, "bytes": len(extra[-1])})
+    for name, plane in (maps or {}).items():
+        if name not in UNCERTAINTY_MAPS:
+            raise MessageError("malformed", f"unknown map {name!r} (expected one of {UNCERTAINTY_MAPS})")
+        if plane.shape != mask.shape or plane.dtype != np.uint8:
+            raise MessageError("malformed", f"{name} map {plane.dtype} {plane.shape} != uint8 {mask.shape}")
+        if maps_encoding not in CONFIDENCE_ENCODINGS:
+            raise MessageError("malformed", f"unknown {name} encoding {maps_encoding!r}")
+        extra.append(encode_mask(plane, maps_encoding))
+        parts.append({"name": name, "encoding": maps_encoding, "bytes": len(extra[-1])})
     if overlay_jpeg is not None:
         extra.append(overlay_jpeg)
         parts.append({"name": "overlay", "encoding": "jpeg", "bytes": len(overlay_jpeg)})
@@ -317,6 +344,8 @@ def encode_mask_message(
     }
     if source:  # live sources: uri (password redacted), reconnects, outages, outage_s, down
         header["source"] = dict(source)
+    if infer_size is not None:  # --adaptive: the model input size this mask was inferred at
+        header["infer_size"] = [int(infer_size[0]), int(infer_size[1])]
     head = json.dumps(header, separators=(",", ":")).encode()
     return [stream.encode(), head, payload, *extra]
 
@@ -429,6 +458,13 @@ def decode_header(raw: bytes | memoryview, limits: Limits = LIMITS) -> dict[str,
         and isinstance(src.get("uri", ""), str)
     ):
         raise bad("source must be an object: reconnects, outages integers >= 0, outage_s >= 0, down, uri")
+    size = header.get("infer_size")
+    if size is not None and not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(_is_int(v) and 0 < v <= limits.max_side for v in size)
+    ):
+        raise bad("infer_size must be [width, height], integers 1..16384")
     if len(header["parts"]) > limits.max_parts:
         raise bad(f"{len(header['parts'])} optional parts (limit {limits.max_parts})")
     for p in header["parts"]:
@@ -494,6 +530,10 @@ def decode_mask_message(frames: Sequence[bytes | memoryview], limits: Limits = L
             if spec["encoding"] not in CONFIDENCE_ENCODINGS:
                 raise MessageError("malformed", f"seq {seq}: confidence encoding {spec['encoding']!r}")
             msg.confidence = decode_plane(payload, spec["encoding"], w, h, "confidence")
+        elif spec["name"] in UNCERTAINTY_MAPS:
+            if spec["encoding"] not in CONFIDENCE_ENCODINGS:
+                raise MessageError("malformed", f"seq {seq}: {spec['name']} encoding {spec['encoding']!r}")
+            msg.maps[spec["name"]] = decode_plane(payload, spec["encoding"], w, h, spec["name"])
         elif spec["name"] == "overlay" and spec["encoding"] == "jpeg":
             size = jpeg_size(payload)
             if size != (w, h):

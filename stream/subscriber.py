@@ -3,6 +3,8 @@
     from stream.subscriber import subscribe
     for msg in subscribe("tcp://127.0.0.1:5555", count=100, timeout=5):
         print(msg.seq, msg.mask.shape, msg.classes.names[msg.mask[0, 0]])
+        if msg.entropy is not None:  # publisher option ?maps=entropy,margin (else None)
+            print("mean entropy", msg.entropy.mean() / 255, "unsure pixels", (msg.margin < 25).mean())
 
 Lossy by default (SUB on PORT): the receive queue is small and each ``recv`` drains what queued
 up while the caller was busy and returns the newest mask, so a slow reader stays current and counts

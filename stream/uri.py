@@ -5,7 +5,7 @@ when its scheme is chosen, so ``segstream --help`` stays fast.
 
 Source URIs::
 
-    synthetic://?size=640x480&fps=30&frames=300&live=1
+    synthetic://?size=640x480&fps=30&frames=300&live=1&pace=180@5
     webcam:0  webcam:0?size=1280x720&fps=30  /dev/video0
     clip.mp4  file:clip.mkv  file:clip.mp4?loop=1
     rtsp://...  rtsps://...  rtmp://...  http(s)://...  tcp://...  udp://...  srt://...
@@ -117,6 +117,16 @@ class Options:
             raise self._fail(key, v, "a size WIDTHxHEIGHT")
         return int(m.group(1)), int(m.group(2))
 
+    def pace_change(self, key: str) -> tuple[int, float] | None:
+        """``FRAME@FPS`` (e.g. ``pace=180@5``: from frame 180 on, 5 frames a second)."""
+        v = self._raw(key)
+        if v is None:
+            return None
+        m = re.fullmatch(r"(\d+)@(\d+(?:\.\d*)?)", v)
+        if not m or float(m.group(2)) <= 0:
+            raise self._fail(key, v, "FRAME@FPS (e.g. 180@5: from frame 180 on, 5 frames a second)")
+        return int(m.group(1)), float(m.group(2))
+
     def list(self, key: str, default: list[str]) -> list[str]:
         v = self._raw(key)
         if v is None:
@@ -170,6 +180,7 @@ def open_source(uri: str) -> Source:
             live=opts.bool("live", True),
             seed=opts.int("seed", 0),
             uri=text,
+            pace_change=opts.pace_change("pace"),
         )
         opts.check_unused()
         return src

@@ -22,7 +22,7 @@ def _as_list(frames: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
     return list(frames)
 
 
-def _check_channels(frames: list[np.ndarray], channels: int) -> list[np.ndarray]:
+def _check_channels(frames: list[np.ndarray], channels: int, rgbd: bool = False) -> list[np.ndarray]:
     out = []
     for i, f in enumerate(frames):
         if f.dtype != np.uint8:
@@ -30,6 +30,11 @@ def _check_channels(frames: list[np.ndarray], channels: int) -> list[np.ndarray]
         if f.ndim == 2 and channels == 3:  # grayscale source feeding an RGB model
             f = cv2.cvtColor(f, cv2.COLOR_GRAY2BGR)
         c = 1 if f.ndim == 2 else f.shape[2]
+        if rgbd and c == 3:
+            raise ShapeError(
+                f"frame {i}: an RGB frame, but this is an RGB-D model ({channels} channels: RGB + depth); "
+                "give it depth too (predict/eval: a depth/ folder of 16-bit PNGs)"
+            )
         if c != channels:
             raise ShapeError(f"frame {i}: {c} channels, the model takes {channels}")
         out.append(f)
@@ -46,7 +51,7 @@ def prepare_batch(
     ``uint8=False``: float32 NCHW, RGB, ``(x/255 - mean) / std`` — what ONNX/TensorRT graphs take.
     ``uint8=True``: uint8 NHWC BGR, only resized — the runtime normalizes on its device.
     """
-    frames = _check_channels(_as_list(frames), meta.channels)
+    frames = _check_channels(_as_list(frames), meta.channels, rgbd="depth" in meta.extra)
     if not frames:
         raise ShapeError("empty batch: no frames given")
     w, h = meta.input_size

@@ -62,7 +62,7 @@ class TensorRTRuntime(Runtime):
             self.meta = replace(self.meta, input_size=(int(input_size[0]), int(input_size[1])))
             w, h = self.meta.input_size
             check_in_profile((1, h, w), header.profile, self.path)
-        self.wants_uint8 = True
+        self.wants_uint8 = self.meta.channels <= 3  # RGB-D depth is 16-bit: fed as float (engines.depth)
 
         self._log = capturing_logger(trt, verbose)
         self._rt = trt.module.Runtime(self._log)
@@ -93,11 +93,14 @@ class TensorRTRuntime(Runtime):
         dev = torch.device(self.device)
         self.stream = torch.cuda.Stream(device=dev)
         c = self.meta.channels
-        self._scale = torch.tensor([1.0 / (255.0 * s) for s in self.meta.std][:c], device=dev).view(
-            1, c, 1, 1
-        )
+        # channels past the colour ones (RGB-D depth) come normalized already (engines.depth): identity
+        pad = max(0, c - len(self.meta.std))
+        self._scale = torch.tensor(
+            [1.0 / (255.0 * s) for s in self.meta.std][:c] + [1.0] * pad, device=dev
+        ).view(1, c, 1, 1)
         self._shift = torch.tensor(
-            [-m / s for m, s in zip(self.meta.mean, self.meta.std, strict=False)][:c], device=dev
+            [-m / s for m, s in zip(self.meta.mean, self.meta.std, strict=False)][:c] + [0.0] * pad,
+            device=dev,
         ).view(1, c, 1, 1)
         self._dev: dict[str, torch.Tensor] = {}  # flat device buffers, grown on demand
         self._host: dict[str, torch.Tensor] = {}  # flat pinned host buffers

@@ -175,12 +175,15 @@ class TorchRuntime(Runtime):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.model = SegmentationHead(net).to(self.device, dtype=self.dtype, memory_format=self.memory_format)
         self.model.eval()
-        self.wants_uint8 = on_cuda  # normalize on the GPU: 4x fewer bytes over PCIe
+        # normalize on the GPU: 4x fewer bytes over PCIe (not RGB-D: depth is 16-bit, engines.depth)
+        self.wants_uint8 = on_cuda and meta.channels <= 3
         c = meta.channels
-        # (x/255 - mean)/std == x*scale + shift, in the model's RGB order
-        scale = torch.tensor([1.0 / (255.0 * s) for s in meta.std][:c], dtype=torch.float32)
+        # (x/255 - mean)/std == x*scale + shift, in the model's RGB order; channels past the colour
+        # ones (depth) come normalized already: identity
+        pad = max(0, c - len(meta.std))
+        scale = torch.tensor([1.0 / (255.0 * s) for s in meta.std][:c] + [1.0] * pad, dtype=torch.float32)
         shift = torch.tensor(
-            [-m / s for m, s in zip(meta.mean, meta.std, strict=False)][:c], dtype=torch.float32
+            [-m / s for m, s in zip(meta.mean, meta.std, strict=False)][:c] + [0.0] * pad, dtype=torch.float32
         )
         self._scale = scale.view(1, c, 1, 1).to(self.device)
         self._shift = shift.view(1, c, 1, 1).to(self.device)

@@ -152,7 +152,12 @@ def run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise DatasetNotFound(f"dataset folder not found: {root}")
     size = parse_size(args.size)
-    pairs = list_pairs(root)
+    if (root / "depth").is_dir() and not (root / "images").is_dir():  # NYUv2-style RGB-D folder
+        from engines.depth import list_triplets
+
+        pairs = [(img, lab) for img, lab, _ in list_triplets(root)]
+    else:
+        pairs = list_pairs(root)
     wanted = [d.strip() for arg in (args.drive or []) for d in arg.split(",") if d.strip()]
     grouped = args.by_drive or bool(wanted) or args.group_regex is not None
     drives: list[str] = []
@@ -168,6 +173,19 @@ def run(args: argparse.Namespace) -> int:
     if not pairs:
         raise DatasetNotFound(f"{root}: no images found")
     rt = load(args.model, device=args.device, threads=args.threads)
+    from engines.depth import depth_spec_of, prepare_rgbd, read_depth, require_depth
+
+    # an RGB-D model reads DIR/depth/NAME.png beside each image (engines.depth's folder layouts)
+    rgbd = (
+        require_depth(
+            rt.meta,
+            depth_spec_of(rt.meta) is not None and (root / "depth").is_dir(),
+            (f"{root} has no depth/ folder (16-bit PNGs in mm named like the images)"),
+        )
+        is not None
+    )
+    if rgbd and args.infer_mode == "tiled":
+        raise SegstreamError("--infer-mode tiled: RGB-D models run scaled only")
     # None: a model from before drives were recorded in model files (the drives it saw are unknown)
     trained_on = rt.meta.extra.get("train_drives")
     seen = sorted(set(drives) & set(trained_on or {}))
@@ -196,14 +214,22 @@ def run(args: argparse.Namespace) -> int:
         lab = cv2.imread(str(lab_path), cv2.IMREAD_UNCHANGED)
         if img is None or lab is None:
             raise DatasetError(f"cannot decode {img_path if img is None else lab_path}")
+        dep = read_depth(root / "depth" / f"{img_path.stem}.png") if rgbd else None
         if size is not None:
             img = cv2.resize(img, size, interpolation=cv2.INTER_AREA)
             lab = cv2.resize(lab, size, interpolation=cv2.INTER_NEAREST)
+            dep = None if dep is None else cv2.resize(dep, size, interpolation=cv2.INTER_NEAREST)
         if i == 0:
             for _ in range(max(args.warmup, 0)):
-                rt.predict([img], full_size=True)
+                if rgbd:
+                    rt.run(prepare_rgbd([img], [dep], rt.meta))
+                else:
+                    rt.predict([img], full_size=True)
         t0 = time.perf_counter()
-        if args.infer_mode == "tiled":  # cutting, running and blending the tiles are one step
+        if rgbd:
+            batch = prepare_rgbd([img], [dep], rt.meta)
+            t1 = time.perf_counter()
+        elif args.infer_mode == "tiled":  # cutting, running and blending the tiles are one step
             ids = tiling.predict(rt, [img], "tiled", args.infer_scale, args.tile_overlap)[0][0][None]
             t1 = t0
         else:

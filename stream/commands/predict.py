@@ -16,7 +16,11 @@ holes and are simplified to --tolerance pixels.
 
 examples:
   segstream predict --model runs/fastscnn/best.pt a.jpg b.jpg --out preds/
-  segstream predict a.jpg b.jpg --out preds/ --segments coco-rle,polygons --json run --tolerance 1"""
+  segstream predict a.jpg b.jpg --out preds/ --segments coco-rle,polygons --json run --tolerance 1
+  segstream predict --model rgbd.onnx rgbd/val/images/*.png --depth rgbd/val/depth --out preds/
+
+An RGB-D model (trained with --modality rgbd) takes each image's 16-bit depth PNG (millimetres) of the same
+name from --depth DIR (default: the depth/ folder beside the image's folder)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,6 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="model file: .pt checkpoint, .onnx, .engine/.plan (default: the bundled model)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--depth",
+        metavar="DIR",
+        help="RGB-D models: folder of 16-bit depth PNGs (mm) named like the images (default: ../depth/)",
+    )
     p.add_argument("--alpha", type=float, default=0.5, help="overlay opacity of the palette (default 0.5)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda[:N]")
     p.add_argument("--threads", type=int, help="inference threads (CPU)")
@@ -55,6 +64,25 @@ def colorize(mask, lut_bgr):
     import cv2
 
     return cv2.LUT(cv2.merge([mask, mask, mask]), lut_bgr)
+
+
+def _depths(args: argparse.Namespace, meta) -> list | None:
+    """The depth image of every IMAGE for an RGB-D model (None for an RGB one); errors name the file."""
+    from pathlib import Path
+
+    from engines.depth import depth_spec_of, read_depth, require_depth
+    from engines.errors import SegstreamError
+
+    dirs = [
+        Path(args.depth) if args.depth else Path(n).resolve().parent.parent / "depth" for n in args.images
+    ]
+    # depth/ beside an RGB model's images is simply not used; --depth for it is a mistake
+    has = bool(args.depth) or (depth_spec_of(meta) is not None and all(d.is_dir() for d in dirs))
+    if require_depth(meta, has, "give --depth DIR (16-bit PNGs in mm named like the images)") is None:
+        return None
+    if args.infer_mode != "scaled":
+        raise SegstreamError(f"--infer-mode {args.infer_mode}: RGB-D models run scaled only")
+    return [read_depth(d / f"{Path(n).stem}.png") for n, d in zip(args.images, dirs, strict=True)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rt = load(args.model, device=args.device, threads=args.threads)
+    depths = _depths(args, rt.meta)
     classes = rt.meta.classes
     lut = classes.lut_bgr()
     opts: dict = {"components": args.components}
@@ -96,7 +125,14 @@ def run(args: argparse.Namespace) -> int:
             )
             runs[f] = coco.RunWriter(out / f"{f}.json", f, classes, params)
     for i, (name, img) in enumerate(zip(args.images, frames, strict=True)):
-        mask = tiling.predict(rt, [img], args.infer_mode, args.infer_scale, args.tile_overlap)[0][0]
+        if depths is not None:  # RGB-D: colour + depth as training fed them, mask back at image size
+            from engines.depth import prepare_rgbd
+            from engines.runtime.preprocess import resize_to
+
+            ids, _ = rt.run(prepare_rgbd([img], [depths[i]], rt.meta))
+            mask = resize_to(ids[0], img.shape[:2], nearest=True)
+        else:
+            mask = tiling.predict(rt, [img], args.infer_mode, args.infer_scale, args.tile_overlap)[0][0]
         stem = Path(name).stem
         cv2.imwrite(str(out / f"{stem}_mask.png"), mask)
         overlay = cv2.addWeighted(img, 1 - args.alpha, colorize(mask, lut), args.alpha, 0)

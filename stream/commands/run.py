@@ -104,6 +104,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     add_infer_mode_arguments(p)
     p.add_argument(
+        "--depth",
+        metavar="DEPTH_DIR",
+        help="RGB-D models: folder of 16-bit depth PNGs (mm, 0 = none), paired with the colour frames by "
+        "index (a colour frame without its depth image is skipped and counted as unpaired)",
+    )
+    p.add_argument(
         "--adaptive",
         action="store_true",
         help="live sources: step the model input size down when frames drop, back up when there is "
@@ -151,6 +157,7 @@ _ARG_KEYS = {
     "infer_scale": "infer_scale",
     "tile_overlap": "tile_overlap",
     "adaptive": "adaptive",
+    "depth": "depth",
 }
 _NEGATED = {"no_shm", "no_pin", "no_progress"}
 
@@ -205,6 +212,28 @@ def config_from_args(args: argparse.Namespace):
     if d.get("adaptive") and d.get("batch") is None:
         d["batch"] = 1  # frames of different sizes never share a batch
     return PipelineConfig.from_dict(d)
+
+
+def check_depth(cfg, model: dict) -> None:
+    """An RGB-D model needs --depth, and --depth needs an RGB-D model: one line, before any stage starts."""
+    from engines.depth import require_depth
+    from engines.meta import ModelMeta
+
+    require_depth(ModelMeta.from_json(model["meta"]), cfg.depth is not None, "give --depth DEPTH_DIR")
+
+
+def check_adaptive(cfg, model: dict) -> None:
+    """--adaptive feeds the model smaller inputs: an ONNX graph exported for one size cannot take them."""
+    from engines.meta import ModelMeta
+    from stream.config import ConfigError
+
+    meta = ModelMeta.from_json(model["meta"])
+    if model.get("backend") == "onnxruntime" and not meta.extra.get("onnx", {}).get("dynamic_hw", False):
+        w, h = meta.input_size
+        raise ConfigError(
+            f"config key 'adaptive' = True: {cfg.model} takes {w}x{h} only (exported with fixed H/W); "
+            "export it with dynamic H/W (the default of `segstream export`) to adapt its input size"
+        )
 
 
 def is_live(source: str, live_flag: bool | None) -> bool:
@@ -296,6 +325,9 @@ def run(args: argparse.Namespace) -> int:
     for line in check_exposure(cfg.sinks, cfg.remote_infer, insecure=args.insecure):
         print(f"segstream: {line}", file=sys.stderr)
     model = probe_model(cfg)
+    check_depth(cfg, model)
+    if cfg.adaptive:
+        check_adaptive(cfg, model)
     progress = Progress(cfg.progress)
     try:
         out = run_pipeline(cfg, on_progress=progress, model=model, source=source)

@@ -127,6 +127,8 @@ def run(args: argparse.Namespace) -> int:
                         f"{h['encoding']:>3} {msg.size / 1000:8.1f} kB  latency {lat_text} ms  "
                         f"gaps {sub.stats.gaps}"
                         + ("" if msg.segments is None else f"  segments {len(msg.segments['segments'])}")
+                        # uncertainty parts (?maps=entropy,margin): their frame means, 0-1
+                        + "".join(f"  {k} {float(m.mean()) / 255:.3f}" for k, m in sorted(msg.maps.items()))
                     )
                 if save is not None:
                     stem = save / f"{msg.seq:08d}"
@@ -137,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
                     Path(f"{stem}.json").write_text(json.dumps(msg.header))
                     if msg.segments is not None:
                         Path(f"{stem}_segments.json").write_text(json.dumps(msg.segments))
+                    for k, m in msg.maps.items():  # entropy / margin: 8-bit grayscale PNGs
+                        cv2.imwrite(f"{stem}_{k}.png", m)
                 if args.video:
                     if writer is None:
                         writer = _open_video(args.video, args.fps, frame.shape[1], frame.shape[0])

@@ -19,6 +19,7 @@ examples:
   segstream train --data camvid/train --data camvid/val --holdout-drive 0001TP --arch lite0-lraspp
   segstream train --data camvid/train --folds-by-drive --epochs 50 --out runs/folds
   segstream train --data camvid/train --teacher runs/lite0/best.pt --distill-weight 1 --distill-temp 2
+  segstream train --data rgbd/train --modality rgbd --fusion mid --depth-max-mm 5000
   segstream train --resume runs/fastscnn-20250101-120000 --epochs 200"""
 
 # options that may be changed when resuming (everything else comes from the run's config)
@@ -94,6 +95,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--arch", help="network name (see `segstream models`; default fastscnn)")
     g.add_argument("--width", type=float, help="width multiplier passed to the network (when it has one)")
+    g.add_argument(
+        "--modality",
+        choices=("rgb", "rgbd"),
+        help="rgb (default) or rgbd: folders with depth/ (16-bit PNG, mm, 0 = no measurement) beside "
+        "images/ and labels/ (or NYUv2-style image/, label/, depth/); the model takes 4 channels",
+    )
+    g.add_argument(
+        "--fusion",
+        choices=("early", "mid"),
+        help="rgbd: early = depth as a 4th input channel of --arch (default); mid = fastscnn with a "
+        "light depth branch fused at 1/8 by an attention gate",
+    )
+    g.add_argument(
+        "--depth-max-mm",
+        type=float,
+        metavar="MM",
+        help="rgbd: depth scale of the normalization, stored in the model (default 10000 = 10 m)",
+    )
     g.add_argument("--dropout", type=float, help="dropout before the classifier (default 0.1)")
     g.add_argument(
         "--pretrained",

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from engines.data import DatasetNotFound, list_pairs
+    from engines.errors import SegstreamError
     from engines.tune import (
         Result,
         TuneError,
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
                                 cand.model, cand.infer_mode, cand.infer_scale, data, args.limit, frame_size
                             )
                         res.miou, res.thin_iou = mious[key]
-            except TuneError as e:
+            except SegstreamError as e:  # this candidate cannot run (a quantization, a model): the rest can
                 res.error = str(e)
             res.seconds = time.monotonic() - start
             durations.append(res.seconds)
@@ -259,7 +260,10 @@ def run(args: argparse.Namespace) -> int:
             indent=2,
         )
     )
-    png = plot(results, args.target_fps, out / "pareto.png", chosen)
+    try:
+        png = str(plot(results, args.target_fps, out / "pareto.png", chosen))
+    except ImportError:
+        png = "no plot (matplotlib is not installed: pip install 'segstream[train]')"
     print(f"wrote {out / 'tune.json'}, {png}")
     if chosen is None:
         fastest = max((r for r in results if r.fps is not None), key=lambda r: r.speed, default=None)

@@ -46,6 +46,8 @@ class Result:
     stats: dict[str, Any] | None = None  # latest per-stage metrics snapshot (for live views)
     # live sources: uri (password redacted), reconnects, outages, outage_s, down (stream.headers.link_of)
     source: dict[str, Any] = field(default_factory=dict)
+    # --adaptive: the (w, h) the model ran at for this frame (it changes with the load); None otherwise
+    infer_size: tuple[int, int] | None = None
 
 
 class Sink(ABC):

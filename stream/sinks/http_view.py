@@ -138,6 +138,7 @@ class HttpViewSink(Sink):
             "latency_ms": None if cap is None else round(1000 * (now - cap), 1),
             "drops": dict(result.drops),
             "source": dict(result.source),
+            "infer_size": list(result.infer_size) if result.infer_size else None,
             "stages": result.stats or {},
             "timestamps": dict(result.timestamps),
         }

@@ -13,13 +13,15 @@ Up to three sockets, one per delivery need:
 
 Options: encoding=raw|png|rle|coco-rle|polygons (the last two: a JSON segments document per frame,
 per class or with components=1 per connected component; polygons simplified to tolerance=PIXELS, default
-1), confidence=raw|png, overlay=1 (JPEG part), jpeg_quality=80, hwm=4,
+1), confidence=raw|png, maps=entropy,margin (uncertainty planes, one part each; maps_encoding=raw|png,
+default raw), overlay=1 (JPEG part), jpeg_quality=80, hwm=4,
 lossless=on|PORT|off, wait_recorders=N (open() waits for N recorders, so a file run reaches them
 from its first frame), lossless_timeout=S, curve_secret=FILE, allow=DIR.
 """
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -30,6 +32,7 @@ from stream.messages import (
     CONFIDENCE_ENCODINGS,
     MASK_ENCODINGS,
     SEGMENT_ENCODINGS,
+    UNCERTAINTY_MAPS,
     Endpoints,
     encode_classes_reply,
     encode_end_message,
@@ -40,7 +43,10 @@ from stream.sinks.base import Result, Sink, SinkError, StreamInfo
 
 _KNOWN = {
     "encoding",
+    "size",
     "confidence",
+    "maps",
+    "maps_encoding",
     "overlay",
     "jpeg_quality",
     "hwm",
@@ -82,6 +88,20 @@ class ZmqPubSink(Sink):
         self.confidence = opts.get("confidence") or None
         if self.confidence is not None and self.confidence not in CONFIDENCE_ENCODINGS:
             raise SinkError(f"{spec}: confidence={self.confidence} (expected one of {CONFIDENCE_ENCODINGS})")
+        # uncertainty maps: made by the infer stage only because this sink asks (Sink.wants_maps)
+        self.maps = tuple(m.strip() for m in opts.get("maps", "").split(",") if m.strip())
+        bad = [m for m in self.maps if m not in UNCERTAINTY_MAPS]
+        if bad:
+            raise SinkError(
+                f"{spec}: maps={opts['maps']}: {', '.join(bad)} (expected {','.join(UNCERTAINTY_MAPS)})"
+            )
+        self.maps_encoding = opts.get("maps_encoding", "raw")
+        if self.maps_encoding not in CONFIDENCE_ENCODINGS:
+            raise SinkError(
+                f"{spec}: maps_encoding={self.maps_encoding} (expected one of {CONFIDENCE_ENCODINGS})"
+            )
+        if "maps_encoding" in opts and not self.maps:
+            raise SinkError(f"{spec}: maps_encoding applies only with maps=entropy,margin")
         try:
             self.overlay = opts.get("overlay", "0").lower() in ("1", "true", "yes", "jpeg")
             self.jpeg_quality = int(opts.get("jpeg_quality", 80))
@@ -116,8 +136,17 @@ class ZmqPubSink(Sink):
                 f"{spec}: CURVE needs both curve_secret=SERVER.key_secret and allow=DIR_OF_CLIENT_KEYS"
             )
         self.stream_override = opts.get("stream")
+        # masks (and confidence/maps) at a requested size instead of the frame's: a 4K camera's consumer
+        # that wants 960x540 class ids gets 16x fewer bytes; class ids are resized nearest (never invented)
+        self.size: tuple[int, int] | None = None
+        if "size" in opts:
+            m = re.fullmatch(r"(\d+)[xX](\d+)", opts["size"])
+            if not m or not (0 < int(m.group(1)) <= 16384 and 0 < int(m.group(2)) <= 16384):
+                raise SinkError(f"{spec}: size={opts['size']} (expected WIDTHxHEIGHT, e.g. 960x540)")
+            self.size = (int(m.group(1)), int(m.group(2)))
         self.wants_overlay = self.overlay
         self.wants_confidence = self.confidence is not None
+        self.wants_maps = self.maps
         self.stats = {
             "published": 0,
             "lossless_sent": 0,
@@ -344,6 +373,16 @@ class ZmqPubSink(Sink):
             self.stats["lossless_sent"] += 1
 
     # ----------------------------------------------------------------------------------- write
+    def _resized(self, mask, confidence, maps):
+        """Class ids nearest (a pixel keeps a class the model gave), the 0-255 maps by area averaging."""
+        import cv2
+
+        near, area = cv2.INTER_NEAREST, cv2.INTER_AREA
+        mask = cv2.resize(mask, self.size, interpolation=near)
+        if confidence is not None:
+            confidence = cv2.resize(confidence, self.size, interpolation=area)
+        return mask, confidence, {k: cv2.resize(v, self.size, interpolation=area) for k, v in maps.items()}
+
     def write(self, result: Result) -> None:
         import zmq
 
@@ -356,6 +395,10 @@ class ZmqPubSink(Sink):
             ok, buf = cv2.imencode(".jpg", result.overlay, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             overlay_jpeg = buf.tobytes() if ok else None
         mask = result.mask
+        confidence = result.confidence if self.confidence else None
+        maps = {m: result.maps[m] for m in self.maps if m in result.maps}
+        if self.size is not None and mask.shape[::-1] != self.size:
+            mask, confidence, maps = self._resized(mask, confidence, maps)
         # copy: the stage may reuse the mask's buffer (shared-memory slot) once write() returns
         frames = encode_mask_message(
             stream=self.stream,
@@ -366,11 +409,14 @@ class ZmqPubSink(Sink):
             timestamps=result.timestamps,
             drops=result.drops,
             source=result.source,
+            infer_size=result.infer_size,
             encoding=self.encoding,
-            confidence=result.confidence if self.confidence else None,
+            confidence=confidence,
             confidence_encoding=self.confidence or "raw",
             overlay_jpeg=overlay_jpeg,
             segments=self.segments,
+            maps=maps,
+            maps_encoding=self.maps_encoding,
         )
         frames = [bytes(f) if isinstance(f, memoryview) else f for f in frames]
         try:

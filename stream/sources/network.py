@@ -39,7 +39,7 @@ import av
 
 from stream.redact import redact
 from stream.sources.base import Frame, ReadStatus, SourceError, SourceInfo, SourceStats
-from stream.sources.file import FileSource, stream_fps
+from stream.sources.file import FileSource, stream_fps, to_bgr
 from stream.sources.live import LiveReader, LiveSource
 
 log = logging.getLogger(__name__)
@@ -221,7 +221,7 @@ class NetworkSource(LiveSource):
         frame = super().read(timeout)
         if frame.status is ReadStatus.OK and isinstance(frame.image, _Decoded):
             d = frame.image  # converted here, in the reader's consumer: skipped frames never are
-            frame.image = d.frame.to_ndarray(format="bgr24")
+            frame.image = to_bgr(d.frame)
             frame.camera_time = d.camera_time
         return frame
 

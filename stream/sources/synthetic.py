@@ -2,7 +2,8 @@
 
 Paced at its fps by default (a live source: when the reader falls more than one frame period behind,
 the frames it missed are skipped and counted in ``stats.dropped``); ``live=False`` returns frames as fast
-as they are asked for and never drops.
+as they are asked for and never drops. ``pace_change=(N, FPS)`` paces frames from index N on at FPS
+instead (a camera that slows down or speeds up: e.g. to show `--adaptive` stepping back up).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ class SyntheticSource(Source):
         live: bool = True,
         seed: int = 0,
         uri: str | None = None,
+        pace_change: tuple[int, float] | None = None,
     ) -> None:
         self.size = size
         self.fps = fps
+        self.pace_change = pace_change
         self.frames = frames  # 0 = endless
         self.live = live
         self.seed = seed
@@ -44,6 +47,8 @@ class SyntheticSource(Source):
             raise SourceError(f"{self.uri}: fps must be > 0")
         if self.frames < 0:
             raise SourceError(f"{self.uri}: frames must be >= 0 (0 = endless)")
+        if self.pace_change is not None and (self.pace_change[0] < 0 or self.pace_change[1] <= 0):
+            raise SourceError(f"{self.uri}: pace change needs a frame index >= 0 and an fps > 0")
         # Bars twice as wide as the frame, so that scrolling is one slice of a precomputed image.
         rng = np.random.default_rng(self.seed)
         colours = rng.integers(40, 256, size=(8, 3), dtype=np.uint8)
@@ -83,7 +88,7 @@ class SyntheticSource(Source):
             now = time.monotonic()
             if not self._t0:
                 self._t0 = now
-            due = self._t0 + self._next / self.fps
+            due = self._t0 + self._offset(self._next)
             if due > now:
                 if due - now > timeout:
                     time.sleep(max(0.0, timeout))
@@ -91,7 +96,7 @@ class SyntheticSource(Source):
                 time.sleep(due - now)
             else:
                 # Newest frame wins: frames whose time has fully passed were never taken -> dropped.
-                latest = int((now - self._t0) * self.fps)
+                latest = self._latest(now - self._t0)
                 if self.frames:
                     latest = min(latest, self.frames - 1)
                 if latest > self._next:
@@ -101,6 +106,20 @@ class SyntheticSource(Source):
         self._next += 1
         self.stats.frames += 1
         return Frame(ReadStatus.OK, image=self.render(index), index=index, timestamp=time.time())
+
+    def _offset(self, index: int) -> float:
+        """Seconds after the first read at which frame ``index`` is due."""
+        if self.pace_change is None or index <= self.pace_change[0]:
+            return index / self.fps
+        n, fps2 = self.pace_change
+        return n / self.fps + (index - n) / fps2
+
+    def _latest(self, elapsed: float) -> int:
+        """The newest frame due ``elapsed`` seconds after the first read."""
+        if self.pace_change is None or elapsed <= self.pace_change[0] / self.fps:
+            return int(elapsed * self.fps)
+        n, fps2 = self.pace_change
+        return n + int((elapsed - n / self.fps) * fps2)
 
     def close(self) -> None:
         self._background = None

@@ -42,6 +42,11 @@ class CaptureStage(Stage):
             self.report("fatal", message=redact(str(e)))
             raise
         self.live = self.info.live if self.cfg.live is None else self.cfg.live
+        self.depth = None
+        if self.cfg.depth is not None:  # RGB-D: depth images paired with the colour frames by index
+            from stream.sources.depth import DepthFolder
+
+            self.depth = DepthFolder(self.cfg.depth)
         self.out = open_socket(self.zctx, self.ctx.endpoints["out"])
         self.acks = open_socket(self.zctx, self.ctx.endpoints["acks"])
         self.poller = zmq.Poller()
@@ -224,6 +229,15 @@ class CaptureStage(Stage):
         hdr.extra["src"] = self.src_info
         if self.live:
             hdr.extra["link"] = self.source.stats.link()
+        # RGB-D: the depth image of this frame index rides inline beside the frame; without one the frame
+        # cannot be fed to the model and is counted as unpaired
+        parts = {}
+        if self.depth is not None:
+            depth = self.depth.read(index)
+            if depth is None:
+                self.metrics.drop("unpaired_depth")
+                return
+            parts["depth"] = depth
         hdr.drops = dict(self.metrics.drops)
         slot = self.ledger.take() if self.ledger is not None else None
         if slot is not None:
@@ -234,16 +248,17 @@ class CaptureStage(Stage):
             if self.ring.fits("frame", image.nbytes):
                 self.ring.write(slot, "frame", np.ascontiguousarray(image))
                 hdr.stamp("capture")
-                msg = H.encode(hdr)
-                self.ledger.sent(self.seq, slot, bytes(msg[0]))
+                msg = H.encode(hdr, parts)
+                # a replay needs the inline depth too: keep the whole message then
+                self.ledger.sent(self.seq, slot, [bytes(m) for m in msg] if parts else bytes(msg[0]))
             else:
                 hdr.stamp("capture")
-                msg = H.encode(hdr, {"frame": image})
+                msg = H.encode(hdr, {"frame": image, **parts})
                 self.ledger.sent(self.seq, slot, [bytes(m) for m in msg])
                 self.metrics.extra["inline"] = self.metrics.extra.get("inline", 0) + 1
         else:
             hdr.stamp("capture")
-            msg = H.encode(hdr, {"frame": image})
+            msg = H.encode(hdr, {"frame": image, **parts})
             # keep the whole message: a replay needs the pixels too
             self.inline_out[self.seq] = [bytes(m) for m in msg]
         self.send(msg)

@@ -301,6 +301,7 @@ class OverlayStage(Stage):
             drops={**hdr.drops, **self.metrics.drops},
             stats=self.live_stats.update(hdr.ts),
             source=H.link_of(hdr),
+            infer_size=H.infer_size_of(hdr),
         )
         for s in self.sinks:
             s.write(result)

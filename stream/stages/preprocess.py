@@ -64,7 +64,13 @@ class PreprocessStage(Stage):
         from engines.runtime.preprocess import prepare_batch
 
         w, h = self.meta.input_size
-        prepare_batch([np.zeros((h * 3 // 2, w * 3 // 2, 3), np.uint8)], self.meta, uint8=self.uint8)
+        blank = np.zeros((h * 3 // 2, w * 3 // 2, 3), np.uint8)
+        if "depth" in self.meta.extra:  # RGB-D: colour + depth (engines.depth)
+            from engines.depth import prepare_rgbd
+
+            prepare_rgbd([blank], [np.zeros(blank.shape[:2], np.uint16)], self.meta)
+            return
+        prepare_batch([blank], self.meta, uint8=self.uint8)
 
     def poll_control(self) -> list:
         self.poll_monitor()
@@ -113,6 +119,10 @@ class PreprocessStage(Stage):
                     # header says so, so any infer worker (remote ones too) knows what it received
                     x = work_image(frame, self.meta.input_size[::-1], self.cfg.infer_scale)
                     hdr.extra["tiles"] = self.cfg.tile_overlap
+                elif "depth" in arrays:  # RGB-D: the paired depth image, normalized as in training
+                    from engines.depth import prepare_rgbd
+
+                    x = prepare_rgbd([frame], [arrays["depth"]], self.meta)[0]
                 elif self.adaptive is not None:
                     meta = self.adaptive.meta_for(sum(hdr.drops.values()))
                     x = prepare_batch([frame], meta, uint8=self.uint8)[0]

@@ -3,6 +3,7 @@ drives a real sink the way the overlay/publish stage does, and the CLI as a real
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -168,3 +169,47 @@ def slow_subscriber(
     endpoint: str, mode: str, delay: float, count: int, idle: float = 5.0
 ) -> subprocess.Popen:
     return start_ready(SLOW_SUBSCRIBER, endpoint, mode, delay, count, idle)
+
+
+class Headers:
+    """Every mask header published on a zmq-pub sink, as raw JSON text (for the password grep) and parsed."""
+
+    def __init__(self, port: int) -> None:
+        import zmq
+
+        self.raw: list[str] = []
+        self._stop = threading.Event()
+        self._sock = zmq.Context.instance().socket(zmq.SUB)
+        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self._sock.setsockopt(zmq.RCVTIMEO, 200)
+        self._sock.connect(f"tcp://127.0.0.1:{port}")
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import zmq
+
+        while not self._stop.is_set():
+            try:
+                self.raw.append(self._sock.recv_multipart()[1].decode())
+            except zmq.Again:
+                continue
+
+    @property
+    def parsed(self) -> list[dict]:
+        return [json.loads(h) for h in list(self.raw)]
+
+    def wait(self, what, timeout_s: float, proc: subprocess.Popen) -> list[dict]:
+        """Headers so far, once ``what(headers)`` holds (fails if the run ends or time runs out first)."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end and proc.poll() is None:
+            hs = self.parsed
+            if what(hs):
+                return hs
+            time.sleep(0.1)
+        raise AssertionError(f"waited {timeout_s} s (run exited: {proc.poll()}); {len(self.raw)} headers")
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._sock.close(linger=0)

@@ -305,3 +305,35 @@ def test_publisher_restart_with_a_new_class_table_is_followed(samples):
                 sink.close()
         assert tables == [classes, renamed]
         assert sub.stats.classes_fetches == 2
+
+
+def test_masks_at_a_requested_size(samples, tmp_path):
+    """`size=WxH`: class ids resized nearest (only classes the model gave), confidence by area, the header's
+    width/height are the requested size; a bad size is one clear error."""
+    classes, frames, masks = samples
+    port = free_port_block()
+    sink = _sink(f"zmq-pub://127.0.0.1:{port}?size=120x90&confidence=raw", samples)
+    feeder = Feeder(sink, frames, masks, rate=40)
+    feeder.start()
+    try:
+        while feeder.written < 10:
+            time.sleep(0.02)
+        proc = segstream(
+            "subscribe", f"tcp://127.0.0.1:{port}", "--count", "4", "--timeout", "10", "--save", str(tmp_path)
+        )
+        out, err = proc.communicate(timeout=60)
+    finally:
+        feeder.stop()
+        sink.close()
+    assert proc.returncode == 0, err
+    seqs = [int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("seq")]
+    assert len(seqs) == 4
+    for seq in seqs:
+        header = json.loads((tmp_path / f"{seq:08d}.json").read_text())
+        assert (header["width"], header["height"]) == (120, 90)
+        saved = cv2.imread(str(tmp_path / f"{seq:08d}.png"), cv2.IMREAD_UNCHANGED)
+        want = cv2.resize(masks[seq % len(masks)], (120, 90), interpolation=cv2.INTER_NEAREST)
+        assert saved.shape == (90, 120) and np.array_equal(saved, want)
+    for bad in ("size=12", "size=0x90", "size=99999x2"):
+        with pytest.raises(SinkError, match="size="):
+            ZmqPubSink(f"zmq-pub://127.0.0.1:{port}?{bad}")

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ import pytest
 from stream.sources.base import ReadStatus, SourceError
 from stream.sources.network import NetworkSource
 from stream.uri import open_source
+from tests.integration.mask_helpers import Headers
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -230,50 +230,6 @@ def segstream(*args: str, cwd: Path) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-class Headers:
-    """Every mask header published on a zmq-pub sink, as raw JSON text (for the password grep) and parsed."""
-
-    def __init__(self, port: int) -> None:
-        import zmq
-
-        self.raw: list[str] = []
-        self._stop = threading.Event()
-        self._sock = zmq.Context.instance().socket(zmq.SUB)
-        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sock.setsockopt(zmq.RCVTIMEO, 200)
-        self._sock.connect(f"tcp://127.0.0.1:{port}")
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import zmq
-
-        while not self._stop.is_set():
-            try:
-                self.raw.append(self._sock.recv_multipart()[1].decode())
-            except zmq.Again:
-                continue
-
-    @property
-    def parsed(self) -> list[dict]:
-        return [json.loads(h) for h in list(self.raw)]
-
-    def wait(self, what, timeout_s: float, proc: subprocess.Popen) -> list[dict]:
-        """Headers so far, once ``what(headers)`` holds (fails if the run ends or time runs out first)."""
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end and proc.poll() is None:
-            hs = self.parsed
-            if what(hs):
-                return hs
-            time.sleep(0.1)
-        raise AssertionError(f"waited {timeout_s} s (run exited: {proc.poll()}); {len(self.raw)} headers")
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close(linger=0)
 
 
 def ffprobe_frames(path: Path) -> int:

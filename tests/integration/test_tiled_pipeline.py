@@ -137,3 +137,26 @@ def test_remote_infer_worker_tiles_what_the_header_says(mosaics, tmp_path: Path)
     masks = read_masks(tmp_path / "o" / "mask")
     assert len(masks) == 3
     assert all(np.array_equal(m, t) for m, t in zip(masks, truths, strict=True))
+
+
+def test_eval_and_predict_measure_each_mode(camvid: Path, tmp_path: Path) -> None:
+    """`segstream eval --infer-mode` scores the mode it is given (the JSON says which), and `predict`
+    writes the tiled mask at the image's full size."""
+    data = str(camvid / "val")
+    figures = {}
+    for mode in ("scaled", "tiled"):
+        js = tmp_path / f"{mode}.json"
+        out = segstream(
+            "eval", "--data", data, "--size", "960x720", "--limit", "2", "--warmup", "0",
+            "--infer-mode", mode, "--json", str(js), cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        figures[mode] = json.loads(js.read_text())
+        assert figures[mode]["infer_mode"]["mode"] == mode
+    assert figures["tiled"]["miou"] != figures["scaled"]["miou"]  # 9 tiles a frame vs one resize
+    img = sorted((camvid / "val" / "images").glob("*.jpg"))[0]
+    big = tmp_path / "big.png"
+    cv2.imwrite(str(big), cv2.resize(cv2.imread(str(img)), (960, 720)))
+    out = segstream("predict", str(big), "--out", "p", "--infer-mode", "tiled", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert cv2.imread(str(tmp_path / "p" / "big_mask.png"), cv2.IMREAD_UNCHANGED).shape == (720, 960)

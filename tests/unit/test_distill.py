@@ -22,6 +22,7 @@ from engines.models import build_model
 from engines.runtime.torch import write_checkpoint
 from engines.teacher import Teacher, TeacherError
 from engines.train import TrainConfig, TrainError, train
+from tests.unit.tiny_training import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 TEACHER_NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # deliberately not the student's (ImageNet) one
@@ -73,21 +74,9 @@ def teacher_pt(classes: ClassTable, tmp_path_factory) -> Path:
 
 
 def cfg(camvid: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=[str(camvid / "train")],
-        val_data=[],
-        out=str(out),
-        arch="tiny",
-        data_size="96x72",
-        batch_size=4,
-        epochs=6,
-        lr=0.01,
-        augment="none",
-        warmup_epochs=0,
-        threads=1,
+    return tiny_config(
+        camvid, out, **{"val_data": [], "data_size": "96x72", "batch_size": 4, "epochs": 6, "lr": 0.01, **kw}
     )
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 # ------------------------------------------------------------------ the loss

@@ -197,3 +197,16 @@ def test_no_pickle_on_the_wire():
     for name in ("messages.py", "subscriber.py", "sinks/zmq_pub.py", "sinks/http_view.py"):
         text = (root / name).read_text()
         assert "pickle" not in text and "send_pyobj" not in text and "recv_pyobj" not in text, name
+
+
+def test_adaptive_infer_size_travels_in_the_header_and_is_checked(sample):
+    frames = _message(sample, infer_size=(240, 176))
+    msg = decode_mask_message(frames)
+    assert msg.header["infer_size"] == [240, 176]
+    jsonschema.validate(msg.header, SCHEMA)
+    assert "infer_size" not in decode_mask_message(_message(sample)).header  # only --adaptive runs
+    for bad in ([240], [0, 176], [240, "176"], "240x176", [240, 99999]):
+        head = json.loads(bytes(frames[1]))
+        head["infer_size"] = bad
+        with pytest.raises(MessageError, match="infer_size"):
+            decode_mask_message([frames[0], json.dumps(head).encode(), *frames[2:]])

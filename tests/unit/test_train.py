@@ -21,7 +21,7 @@ from engines.train import (
     resume,
     train,
 )
-from tests.unit.tiny_training import TinyNet, quiet, tiny
+from tests.unit.tiny_training import TinyNet, quiet, tiny, tiny_config
 
 
 class Interrupting(TinyNet):
@@ -38,21 +38,7 @@ class Interrupting(TinyNet):
 
 
 def cfg(camvid: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=[str(camvid / "train")],
-        val_data=[str(camvid / "val")],
-        out=str(out),
-        arch="tiny",
-        data_size="120x90",
-        limit=4,
-        batch_size=2,
-        epochs=2,
-        augment="none",
-        warmup_epochs=0,
-        threads=1,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_config(camvid, out, **{"data_size": "120x90", "limit": 4, "batch_size": 2, "epochs": 2, **kw})
 
 
 def log(run: Path) -> list[dict]:

@@ -16,27 +16,13 @@ import torch
 from rich.console import Console
 
 from engines.train import TrainConfig, Trainer, TrainError, load_checkpoint, train
-from tests.unit.tiny_training import quiet, tiny
+from tests.unit.tiny_training import quiet, tiny, tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def cfg(camvid: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        data=[str(camvid / "train")],
-        val_data=[str(camvid / "val")],
-        out=str(out),
-        arch="tiny",
-        data_size="96x72",
-        batch_size=4,
-        epochs=2,
-        lr=0.01,
-        augment="none",
-        warmup_epochs=0,
-        threads=1,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_config(camvid, out, **{"data_size": "96x72", "batch_size": 4, "epochs": 2, "lr": 0.01, **kw})
 
 
 @pytest.fixture(scope="module")

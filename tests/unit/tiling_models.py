@@ -94,10 +94,10 @@ def block_mosaic(h: int, w: int, seed: int, palette: np.ndarray, lo: int = 5, hi
 
 
 class HeavyNet(nn.Module):
-    """Six 3x3 convolutions at full resolution: its cost grows with the input's pixels (about 7x from
+    """Eight 3x3 convolutions at full resolution: its cost grows with the input's pixels (about 7x from
     480x360 to 176x136), for the adaptive-size tests."""
 
-    def __init__(self, layers: int = 6, width: int = 24) -> None:
+    def __init__(self, layers: int = 8, width: int = 24) -> None:
         super().__init__()
         body: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
         for _ in range(layers - 1):

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from torch import nn
+
+from engines.train import TrainConfig
 
 
 class TinyNet(nn.Module):
@@ -30,3 +33,19 @@ def tiny(arch: str, **kw) -> nn.Module:
 
 def quiet() -> Console:
     return Console(file=open(os.devnull, "w"), width=120)  # noqa: SIM115
+
+
+def tiny_config(camvid: Path, out: Path, **kw) -> TrainConfig:
+    """A few-step run of the tiny net on the fixture: train/ for training, val/ for validation, no
+    augmentation or warm-up, one thread; ``kw`` overrides or adds any TrainConfig field."""
+    base = dict(
+        data=[str(camvid / "train")],
+        val_data=[str(camvid / "val")],
+        out=str(out),
+        arch="tiny",
+        augment="none",
+        warmup_epochs=0,
+        threads=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)

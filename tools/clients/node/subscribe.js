@@ -183,7 +183,7 @@ async function main() {
     sub.subscribe();
   }
   let classes = null;
-  const summary = { received: 0, ended: false, end_reason: null, missed_at_start: null, seqs: [], width: null, height: null, encodings: [], classes_digest: null, max_id: 0, id_sums: [], skipped: 0, errors: [] };
+  const summary = { received: 0, ended: false, end_reason: null, missed_at_start: null, seqs: [], width: null, height: null, encodings: [], classes_digest: null, max_id: 0, id_sums: [], maps: {}, skipped: 0, errors: [] };
   let lastSeq = -1;
   while (summary.received < args.count) {
     const parts = await sub.receive(); // throws on timeout
@@ -257,6 +257,23 @@ async function main() {
       }
       summary.id_sums.push(idSum); // lets a test compare the decoded pixels with what was sent
     }
+    // uncertainty parts (publisher ?maps=entropy,margin): uint8 planes like the mask; raw ones are read
+    // here (per-message mean, 0-1), png ones checked by signature (decode them with any PNG library)
+    header.parts.forEach((p, i) => {
+      if (p.name !== "entropy" && p.name !== "margin") return; // other parts: skipped by name
+      const data = parts[3 + i];
+      const m = summary.maps[p.name] || (summary.maps[p.name] = { encoding: p.encoding, means: [] });
+      if (p.encoding === "raw") {
+        check(data.length === n, `${p.name} part ${data.length} bytes, expected ${n}`);
+        let sum = 0;
+        for (let k = 0; k < data.length; k++) sum += data[k];
+        m.means.push(sum / Math.max(1, data.length) / 255);
+      } else if (p.encoding === "png") {
+        check(data.length >= 8 && data.readUInt32BE(0) === 0x89504e47, `${p.name} part is not a PNG`);
+      } else {
+        check(false, `${p.name} encoding ${p.encoding}`);
+      }
+    });
     summary.errors.push(...problems);
     summary.received++;
     summary.seqs.push(header.seq);
