@@ -66,9 +66,32 @@ class PipelineConfig:
     tile_overlap: float = 0.25
     # live sources: step the model input size down under drops, back up with headroom (stream.adaptive)
     adaptive: bool = False
+    # several streams (stream.streams): tables of id, uri, sinks, live, max_frames; empty: the one stream
+    # given by source/sinks/live/max_frames, id "0"
+    streams: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def stream_specs(self) -> list:
+        """The run's streams (stream.streams.StreamSpec), validated."""
+        from stream.streams import StreamSpec, parse
+
+        if not self.streams:
+            return [StreamSpec("0", self.source, list(self.sinks), self.live, self.max_frames)]
+        return [parse(d, f"stream {i + 1}") for i, d in enumerate(self.streams)]
+
+    def for_stream(self, spec) -> PipelineConfig:
+        """This config as one stream's capture and overlay see it: its source, sinks and options."""
+        d = asdict(self)
+        d.update(
+            source=spec.uri,
+            sinks=list(spec.sinks),
+            live=spec.live if spec.live is not None else self.live,
+            max_frames=spec.max_frames if spec.max_frames is not None else self.max_frames,
+            streams=[],
+        )
+        return PipelineConfig.from_dict(d)
 
     def wants_confidence(self) -> bool:
         """Whether any sink publishes the confidence map (constructing a sink opens nothing)."""
@@ -141,6 +164,17 @@ class PipelineConfig:
             raise bad("adaptive", self.adaptive, "steps the model input size: needs infer_mode 'scaled'")
         if self.adaptive and self.batch not in (None, 1):
             raise bad("batch", self.batch, "adaptive runs infer one frame at a time (sizes change)")
+        if not isinstance(self.streams, list):
+            raise bad("streams", self.streams, "must be a list of stream tables")
+        if self.streams:
+            from stream.streams import StreamError, check_distinct
+
+            try:
+                check_distinct(self.stream_specs())
+            except StreamError as e:
+                raise ConfigError(f"config key 'streams': {e}") from None
+            if self.remote_infer and len(self.streams) > 1:
+                raise bad("remote_infer", self.remote_infer, "works with one stream (several streams given)")
         if self.remote_infer:
             from stream.transport import parse_endpoint
 

@@ -22,6 +22,7 @@ HEADER_VERSION = 1
 FRAME = "frame"  # one frame (and whatever arrays a stage attached)
 EOS = "eos"  # end of stream; ``seq`` = number of frames sent
 HEARTBEAT = "hb"  # idle heartbeat on the data path
+WANTS = ("confidence", "entropy", "margin")  # maps infer makes on request (FrameHeader.want)
 
 
 class HeaderError(SegstreamError, ValueError):
@@ -60,6 +61,12 @@ class FrameHeader:
     dtype: str = "uint8"
     drops: dict[str, int] = field(default_factory=dict)  # cumulative drop counters by cause
     parts: list[Part] = field(default_factory=list)  # inline arrays, in multipart order
+    # the stream's shared-memory ring (name, slots, frame_bytes, input_bytes): shared stages (preprocess,
+    # infer) serve many streams, each with its own ring, and attach the one a frame names; () = none
+    ring: tuple = ()
+    # what infer is asked for besides the class ids ("confidence", "entropy", "margin"): the stream's sinks
+    # decide, and a remote worker reads it here as a local one does
+    want: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stamp(self, stage: str) -> FrameHeader:
@@ -80,6 +87,10 @@ class FrameHeader:
         }
         if self.drops:
             d["dr"] = self.drops
+        if self.ring:
+            d["rg"] = list(self.ring)
+        if self.want:
+            d["w"] = list(self.want)
         if self.parts:
             d["p"] = [[p.name, list(p.shape), p.dtype] for p in self.parts]
         if self.extra:
@@ -105,6 +116,18 @@ class FrameHeader:
                 if not (isinstance(n, str) and isinstance(t, str)):
                     raise HeaderError(f"malformed frame header: part {n!r} has no name/dtype strings")
                 parts.append(Part(n, _ints(shp, f"part {n!r} shape"), t))
+            ring = d.get("rg", [])
+            if ring and not (
+                isinstance(ring, list)
+                and len(ring) == 4
+                and isinstance(ring[0], str)
+                and ring[0].startswith("segstream-")
+                and all(type(v) is int and v >= 0 for v in ring[1:])
+            ):
+                raise HeaderError(f"malformed frame header: ring {ring!r} is not [segstream-NAME, 3 sizes]")
+            want = d.get("w", [])
+            if not isinstance(want, list) or not all(w in WANTS for w in want):
+                raise HeaderError(f"malformed frame header: want {want!r} names no known map")
             return cls(
                 kind=kind,
                 stream=stream,
@@ -116,6 +139,8 @@ class FrameHeader:
                 dtype=dtype,
                 drops=_counts(d.get("dr", {})),
                 parts=parts,
+                ring=tuple(ring),
+                want=tuple(want),
                 extra=extra,
             )
         except HeaderError:

@@ -17,6 +17,7 @@ travel inline.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -136,71 +137,125 @@ def ring_layout(cfg: PipelineConfig, model: dict[str, Any], frame_size: tuple[in
     return None
 
 
-def build(cfg: PipelineConfig, model: dict[str, Any], run_dir: Path, ring) -> list[StageProc]:
-    ipc = lambda name: f"ipc://{run_dir}/{name}"
-    ctl = {"ctl_up": "push+connect:" + ipc("ctl-up"), "ctl_down": "sub+connect:" + ipc("ctl-down")}
-    ring_info = {"name": ring.name, "layout": ring.layout.to_dict()} if ring is not None else None
-    conf = __import__("json").loads(cfg.to_json())
-    conf["run_dir"] = str(run_dir)
+def graph() -> dict[str, Any]:
+    """The whole graph in one place: every stage kind and what it declares (stream.stages.base.Declares).
 
-    cores = cpus.plan(cfg.threads, cfg.workers) if cfg.pin_cpus else None
+    ::
 
-    def ctx(stage: str, name: str, **eps: str) -> StageContext:
+        capture[stream] --frames--> preprocess --inputs--> infer x N --results-<stream>--> overlay[stream]
+             ^                                                                               |
+             +-------------------------------- acks-<stream> (credits) ----------------------+
+    """
+    from stream.stages.capture import CaptureStage
+    from stream.stages.infer import InferStage
+    from stream.stages.overlay import OverlayStage
+    from stream.stages.preprocess import PreprocessStage
+
+    return {c.stage: c.declares for c in (CaptureStage, PreprocessStage, InferStage, OverlayStage)}
+
+
+class Builder:
+    """Stage processes for a run: the shared ones once, a capture and an overlay per stream (also for a
+    stream added while the run goes on: ``stream_stages``)."""
+
+    def __init__(self, cfg: PipelineConfig, model: dict[str, Any], run_dir: Path) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.run_dir = run_dir
+        self.conf = json.loads(cfg.to_json())
+        self.conf["run_dir"] = str(run_dir)
+        self.cores = cpus.plan(cfg.threads, cfg.workers) if cfg.pin_cpus else None
+        self.graph = graph()
+        self.remote_in, self.remote_out = (
+            (cfg.remote_infer + [None, None])[:2] if cfg.remote_infer else (None, None)
+        )
+
+    def ipc(self, name: str) -> str:
+        return f"ipc://{self.run_dir}/{name}"
+
+    def proc(self, stage: str, name: str, conf: dict, stream: str = "", live: bool = False, ring=None, **eps):
+        decl = self.graph[stage]
         own = None
-        if cores:
-            own = cores.get(name if name != "infer" else "infer-1") if stage == "infer" else cores["other"]
-        return StageContext(
+        if self.cores:
+            own = (
+                self.cores.get(name if name != "infer" else "infer-1")
+                if stage == "infer"
+                else self.cores["other"]
+            )
+        ctl = {
+            "ctl_up": "push+connect:" + self.ipc("ctl-up"),
+            "ctl_down": "sub+connect:" + self.ipc("ctl-down"),
+        }
+        ring_info = {"name": ring.name, "layout": ring.layout.to_dict()} if ring is not None else None
+        ctx = StageContext(
             stage=stage,
             name=name,
             config=conf,
             endpoints={**ctl, **eps},
             ring=ring_info,
-            model=model,
+            model=self.model,
             cpus=own,
+            stream=stream,
+        )
+        return StageProc(
+            ctx,
+            role=decl.role,
+            stream=stream,
+            policy=decl.restart if live or not decl.per_stream else decl.restart_file,
         )
 
-    remote_in, remote_out = (cfg.remote_infer + [None, None])[:2] if cfg.remote_infer else (None, None)
-    stages = [
-        StageProc(
-            ctx("capture", "capture", out="push+bind:" + ipc("frames"), acks="pull+bind:" + ipc("acks"))
-        ),
-        StageProc(
-            ctx(
-                "preprocess",
-                "preprocess",
-                **{
-                    "in": "pull+connect:" + ipc("frames"),
-                    "out": "push+bind:" + ipc("inputs"),
-                    **({"out_remote": remote_in} if remote_in else {}),
-                },
-            )
-        ),
-    ]
-    for i in range(cfg.workers):
-        name = "infer" if cfg.workers == 1 else f"infer-{i + 1}"
-        stages.append(
-            StageProc(
-                ctx(
-                    "infer",
-                    name,
-                    **{"in": "pull+connect:" + ipc("inputs"), "out": "push+connect:" + ipc("results")},
-                )
-            )
+    def shared_stages(self) -> list[StageProc]:
+        cfg = self.cfg
+        pre_eps = {"in": "pull+bind:" + self.ipc("frames"), "out": "push+bind:" + self.ipc("inputs")}
+        if self.remote_in:
+            pre_eps["out_remote"] = self.remote_in
+        stages = [self.proc("preprocess", "preprocess", self.conf, **pre_eps)]
+        for i in range(cfg.workers):
+            name = "infer" if cfg.workers == 1 else f"infer-{i + 1}"
+            # {stream}: one results socket per stream, opened on its first frame
+            eps = {
+                "in": "pull+connect:" + self.ipc("inputs"),
+                "out": "push+connect:" + self.ipc("results-{stream}"),
+            }
+            stages.append(self.proc("infer", name, self.conf, **eps))
+        return stages
+
+    def stream_stages(self, spec, ring) -> list[StageProc]:
+        """A stream's capture and overlay, with its own config (source, sinks, options) and ring."""
+        from stream.commands.run import is_live
+        from stream.streams import stage_name
+
+        scfg = self.cfg.for_stream(spec)
+        conf = json.loads(scfg.to_json())
+        conf["run_dir"] = str(self.run_dir)
+        live = is_live(spec.uri, scfg.live)
+        sid = spec.id
+        cap = self.proc(
+            "capture",
+            stage_name("capture", sid),
+            conf,
+            stream=sid,
+            live=live,
+            ring=ring,
+            out="push+connect:" + self.ipc("frames"),
+            acks="pull+bind:" + self.ipc(f"acks-{sid}"),
         )
-    stages.append(
-        StageProc(
-            ctx(
-                "overlay",
-                "overlay",
-                **{
-                    "in": "pull+bind:" + ipc("results"),
-                    "acks": "push+connect:" + ipc("acks"),
-                    **({"in_remote": remote_out} if remote_out else {}),
-                },
-            )
+        ov_eps = {
+            "in": "pull+bind:" + self.ipc(f"results-{sid}"),
+            "acks": "push+connect:" + self.ipc(f"acks-{sid}"),
+        }
+        if self.remote_out:
+            ov_eps["in_remote"] = self.remote_out
+        ov = self.proc(
+            "overlay", stage_name("overlay", sid), conf, stream=sid, live=live, ring=ring, **ov_eps
         )
-    )
-    return stages
+        return [cap, ov]
+
+
+def build(cfg: PipelineConfig, model: dict[str, Any], run_dir: Path, ring) -> list[StageProc]:
+    """The stages of a one-stream run (``ring``: its ring or None)."""
+    b = Builder(cfg, model, run_dir)
+    return b.shared_stages() + b.stream_stages(cfg.stream_specs()[0], ring)
 
 
 def run_pipeline(
@@ -209,37 +264,53 @@ def run_pipeline(
     model: dict[str, Any] | None = None,
     source=None,
 ) -> Outcome:
-    """Run one pipeline to the end (or to Ctrl-C); the run directory and the ring are always removed.
-    ``source`` is ``probe_source``'s SourceInfo when the caller has it (sizes the ring)."""
+    """Run the pipeline to the end (or to Ctrl-C); the run directory and every ring are always removed.
+    ``source`` is ``probe_source``'s SourceInfo of the first stream when the caller has it (sizes the
+    ring); the other streams' sources are probed here."""
     from stream.shm import FrameRing, remove_orphans
 
     remove_orphans()  # segments of supervisors that were SIGKILLed before their tracker could run
     remove_orphan_run_dirs()
     model = model or probe_model(cfg)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
-    ring = None
-    try:
-        size = (source.width, source.height) if source is not None and source.width > 0 else None
+    rings: list = []
+    builder = Builder(cfg, model, run_dir)
+
+    def make_stream(spec, info=None) -> tuple[list[StageProc], Any]:
+        """A stream's stages and its ring (sized from its source when that can be probed)."""
+        if info is None:
+            info = probe_source(cfg.for_stream(spec))
+        size = (info.width, info.height) if info is not None and info.width > 0 else None
         layout = ring_layout(cfg, model, size) if cfg.shm else None
-        if layout is not None:
-            ring = FrameRing.create(layout)
-        stages = build(cfg, model, run_dir, ring)
+        ring = FrameRing.create(layout) if layout is not None else None
+        if ring is not None:
+            rings.append(ring)
+        return builder.stream_stages(spec, ring), ring
+
+    try:
+        stages = builder.shared_stages()
+        streams = {}
+        for i, spec in enumerate(cfg.stream_specs()):
+            st, ring = make_stream(spec, source if i == 0 else None)
+            stages += st
+            streams[spec.id] = ring
         sup = Supervisor(
             cfg,
             stages,
             run_dir,
             ctl_up="pull+bind:" + f"ipc://{run_dir}/ctl-up",
             ctl_down="pub+bind:" + f"ipc://{run_dir}/ctl-down",
-            ring=ring,
+            rings=streams,
             on_progress=on_progress,
+            make_stream=make_stream,
         )
         outcome = sup.run()
-        ring = None  # the supervisor closed (and unlinked) it
+        rings = []  # the supervisor closed (and unlinked) them
         if not outcome.ok and outcome.failed_stage and not outcome.fatal:
             sp = sup.stages.get(outcome.failed_stage)
             outcome.report["failed_stage_log"] = sup.last_lines(sp) if sp else []
         return outcome
     finally:
-        if ring is not None:
+        for ring in rings:
             ring.close()
         shutil.rmtree(run_dir, ignore_errors=True)

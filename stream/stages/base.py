@@ -40,6 +40,21 @@ def tune_process() -> None:
         sys.modules["cv2"].setNumThreads(helper_threads())
 
 
+@dataclass(frozen=True)
+class Declares:
+    """What a stage is to the graph: the supervisor knows stages only by this, never by name."""
+
+    role: str  # source (starts a stream's frames), worker (shared by every stream), sink (ends a stream)
+    per_stream: bool  # one instance per stream (capture, overlay) or shared by all (preprocess, infer)
+    consumes: tuple[str, ...]  # the wires it reads
+    produces: tuple[str, ...]  # the wires it writes
+    restart: str  # live streams: restart | restart-and-replay | fatal (fatal to its stream when per_stream)
+    restart_file: str  # file streams (lossless): the same choices
+
+
+RESTART_POLICIES = ("restart", "restart-and-replay", "fatal")
+
+
 @dataclass
 class StageContext:
     """Everything a stage needs from the supervisor (JSON-serializable)."""
@@ -54,6 +69,7 @@ class StageContext:
     seq_start: int = 0  # capture: first seq (a restarted live capture continues past the old ones)
     cpus: list[int] | None = None  # processors this stage may use (stream.cpus); None: any
     instance: int = 0  # how many instances of this stage ran before this one (0: first start)
+    stream: str = "0"  # capture/overlay: the stream this instance serves ("" for shared stages)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -79,6 +95,7 @@ class Stage:
     """Base loop helper; subclasses implement ``setup``, ``step`` and ``teardown``."""
 
     stage = "?"
+    declares: Declares
 
     def __init__(self, ctx: StageContext) -> None:
         import zmq
@@ -114,6 +131,31 @@ class Stage:
             from stream.shm import FrameRing, RingLayout
 
             self.ring = FrameRing.attach(self.ctx.ring["name"], RingLayout(**self.ctx.ring["layout"]))
+
+    def ring_for(self, hdr):
+        """The ring holding a frame's pixels: the one the header names (a shared stage serves every
+        stream's ring, attached on first sight and kept), else this stage's own. Raises HeaderError for a
+        ring that cannot be attached (the message is then counted and dropped, not fatal)."""
+        if not hdr.ring or (self.ring is not None and self.ring.name == hdr.ring[0]):
+            return self.ring
+        rings = self.__dict__.setdefault("_rings", {})
+        ring = rings.get(hdr.ring[0])
+        if ring is None:
+            from stream.headers import HeaderError
+            from stream.shm import FrameRing, RingLayout, ShmError
+
+            try:
+                ring = FrameRing.attach(hdr.ring[0], RingLayout(*hdr.ring[1:]))
+            except ShmError as e:
+                raise HeaderError(f"seq {hdr.seq} of stream {hdr.stream}: {e}") from None
+            rings[hdr.ring[0]] = ring
+        return ring
+
+    def forget_ring(self, name: str) -> None:
+        """Detach a removed stream's ring (its owner unlinked it; the mapping goes with this close)."""
+        ring = self.__dict__.get("_rings", {}).pop(name, None)
+        if ring is not None:
+            ring.close()
 
     def report(self, kind: str, **data: Any) -> None:
         if self.ctl_up is None:
@@ -188,7 +230,8 @@ class Stage:
             except ValueError:
                 continue
             target = cmd.get("to")
-            if target in (None, self.ctx.stage, self.ctx.name):
+            role = "role:" + self.declares.role if hasattr(self, "declares") else None
+            if target in (None, self.ctx.stage, self.ctx.name, role):
                 cmds.append(cmd)
         for cmd in cmds:
             if cmd.get("cmd") == "stop":
@@ -279,6 +322,8 @@ class Stage:
                 self.report("exit", metrics=self.metrics.snapshot(), extra=self.heartbeat_extra())
                 if self.ring is not None:
                     self.ring.close()
+                for ring in self.__dict__.get("_rings", {}).values():
+                    ring.close()
                 if self.ctl_up is not None:
                     self.ctl_up.close(linger=500)  # let the exit/fatal report reach the supervisor
                 self.zctx.destroy(linger=0)

@@ -17,7 +17,7 @@ import time
 import numpy as np
 
 from stream import headers as H
-from stream.stages.base import Stage
+from stream.stages.base import Declares, Stage
 
 
 def colorize_blend(frame: np.ndarray, mask: np.ndarray, lut: np.ndarray, opacity: float) -> np.ndarray:
@@ -63,6 +63,8 @@ class LiveStats:
 
 class OverlayStage(Stage):
     stage = "overlay"
+    # a live stream's overlay restarts (next segment file); a finished mp4 cannot be resumed
+    declares = Declares("sink", True, ("results",), ("acks", "outputs"), "restart", "fatal")
 
     def setup(self) -> None:
         import zmq
@@ -165,6 +167,8 @@ class OverlayStage(Stage):
         """Why a decoded message cannot be a result of this pipeline (None when it can)."""
         if hdr.kind not in (H.FRAME, H.EOS):
             return None  # ignored below
+        if hdr.stream != self.ctx.stream:
+            return f"seq {hdr.seq}: stream {hdr.stream[:40]!r} is not this overlay's ({self.ctx.stream})"
         src = hdr.extra.get("src", {})
         if not isinstance(src, dict) or not all(
             src.get(k) is None or (isinstance(src[k], (int, float)) and not isinstance(src[k], bool))

@@ -8,7 +8,7 @@ device (``wants_uint8``) get resized uint8 frames, four times fewer bytes than f
 from __future__ import annotations
 
 from stream import headers as H
-from stream.stages.base import Stage
+from stream.stages.base import Declares, Stage
 
 
 def frame_of(ring, hdr: H.FrameHeader, arrays: dict):
@@ -22,6 +22,8 @@ def frame_of(ring, hdr: H.FrameHeader, arrays: dict):
 
 class PreprocessStage(Stage):
     stage = "preprocess"
+    # restarted; frames it held are replayed by file captures (lossless)
+    declares = Declares("worker", False, ("frames",), ("inputs",), "restart-and-replay", "restart-and-replay")
 
     def setup(self) -> None:
         import zmq
@@ -46,7 +48,7 @@ class PreprocessStage(Stage):
             self.out.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
             self.out.bind(address)
             self.remote = {"endpoint": address, "connected": 0, "lost": 0}
-        self.inline = bool(self.cfg.remote_infer) or self.ring is None
+        self.inline = bool(self.cfg.remote_infer)
         self.adaptive = None
         if self.cfg.adaptive:  # live sources: input size follows the drops (stream.adaptive)
             from stream.adaptive import AdaptiveInput
@@ -99,15 +101,21 @@ class PreprocessStage(Stage):
     def step(self) -> None:
         from engines.runtime.preprocess import prepare_batch
         from engines.tiling import work_image
+        from stream.shm import ShmError
 
         for frames in self.incoming(self.cfg.heartbeat_s):
             with self.metrics.busy():
-                hdr, arrays = H.decode(frames)
-                if hdr.kind != H.FRAME:
-                    self.send_out(H.encode(hdr))
+                try:
+                    hdr, arrays = H.decode(frames)
+                    if hdr.kind != H.FRAME:
+                        self.send_out(H.encode(hdr))
+                        continue
+                    ring = self.ring_for(hdr)
+                    frame = frame_of(ring, hdr, arrays)
+                except (H.HeaderError, ShmError, ValueError) as e:
+                    self.malformed(str(e))
                     continue
                 self.metrics.frames_in += 1
-                frame = frame_of(self.ring, hdr, arrays)
                 if self.cfg.infer_mode == "tiled":
                     # tiled: infer cuts model-size tiles from the uint8 frame at the run's scale; the
                     # header says so, so any infer worker (remote ones too) knows what it received
@@ -123,12 +131,20 @@ class PreprocessStage(Stage):
                 hdr.stamp("preprocess")
                 # a frame that came inline (no ring, or too large for its slot) rides along to the overlay
                 keep = {"frame": arrays["frame"]} if "frame" in arrays else {}
-                if not self.inline and hdr.slot >= 0 and self.ring.fits("input", x.nbytes):
-                    self.ring.write(hdr.slot, "input", x)
+                if not self.inline and ring is not None and hdr.slot >= 0 and ring.fits("input", x.nbytes):
+                    ring.write(hdr.slot, "input", x)
                     hdr.extra["in"] = [list(x.shape), x.dtype.str]
                     msg = H.encode(hdr, keep)
                 else:
                     hdr.extra.pop("in", None)
+                    if self.inline:
+                        hdr.ring = ()  # a worker on another host cannot attach it; the overlay has its own
                     msg = H.encode(hdr, {**keep, "input": x})
                 self.send_out(msg)
                 self.metrics.frames_out += 1
+
+    def malformed(self, why: str) -> None:
+        """A message that is no frame of ours (or names a ring that is gone): count, log, drop, go on."""
+        n = self.metrics.extra["malformed"] = self.metrics.extra.get("malformed", 0) + 1
+        if n <= 5:
+            print(f"preprocess: dropped a malformed message: {why}", flush=True)
