@@ -42,7 +42,10 @@ class InferStage(Stage):
             raise SegstreamError(
                 f"{', '.join(self.cfg.wants_maps())} maps are not made in tiled mode (--infer-mode)"
             )
-        self.inp = open_socket(self.zctx, self.ctx.endpoints["in"])
+        from stream.stages.preprocess import feed_hwm
+
+        # short: what waits for a worker waits in preprocess, where it is scheduled fairly across streams
+        self.inp = open_socket(self.zctx, self.ctx.endpoints["in"], hwm=feed_hwm(self.cfg, self.ctx.model))
         # results go to the overlay of the frame's stream: an endpoint with {stream} is one socket per
         # stream, connected on the stream's first frame (streams come and go while the run goes on)
         self.out_spec = self.ctx.endpoints["out"]
