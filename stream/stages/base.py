@@ -138,6 +138,8 @@ class Stage:
         ring that cannot be attached (the message is then counted and dropped, not fatal)."""
         if not hdr.ring or (self.ring is not None and self.ring.name == hdr.ring[0]):
             return self.ring
+        if not getattr(self, "attach_rings", True):  # input from another host: it names no ring of ours
+            return None
         rings = self.__dict__.setdefault("_rings", {})
         ring = rings.get(hdr.ring[0])
         if ring is None:
@@ -229,9 +231,11 @@ class Stage:
                 cmd = json.loads(raw)
             except ValueError:
                 continue
+            # to: None (everyone), an instance name, or "role:ROLE"; never the stage kind, which stream 0's
+            # instances share as their names ("overlay" must not reach overlay@cam1)
             target = cmd.get("to")
             role = "role:" + self.declares.role if hasattr(self, "declares") else None
-            if target in (None, self.ctx.stage, self.ctx.name, role):
+            if target in (None, self.ctx.name, role):
                 cmds.append(cmd)
         for cmd in cmds:
             if cmd.get("cmd") == "stop":

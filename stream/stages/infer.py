@@ -28,7 +28,7 @@ class InferStage(Stage):
         import zmq
 
         from engines.runtime import backend_for, load
-        from stream.transport import open_socket
+        from stream.transport import open_socket, parse_endpoint
 
         # ONNX Runtime threads that spin steal the cores the other stages need (FACTS.md)
         opts = {"spin": False} if backend_for(self.cfg.model) == "onnxruntime" else {}
@@ -46,6 +46,7 @@ class InferStage(Stage):
 
         # short: what waits for a worker waits in preprocess, where it is scheduled fairly across streams
         self.inp = open_socket(self.zctx, self.ctx.endpoints["in"], hwm=feed_hwm(self.cfg, self.ctx.model))
+        self.attach_rings = parse_endpoint(self.ctx.endpoints["in"]).is_local
         # results go to the overlay of the frame's stream: an endpoint with {stream} is one socket per
         # stream, connected on the stream's first frame (streams come and go while the run goes on)
         self.out_spec = self.ctx.endpoints["out"]
