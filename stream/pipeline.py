@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from stream import cpus
-from stream.config import PipelineConfig
+from stream.config import ConfigError, PipelineConfig
 from stream.stages.base import StageContext
 from stream.supervisor import Outcome, StageProc, Supervisor
 
@@ -85,8 +85,6 @@ def probe_model(cfg: PipelineConfig) -> dict[str, Any]:
 
     backend = backend_for(cfg.model)
     if cfg.backend != "auto" and cfg.backend != backend:
-        from stream.config import ConfigError
-
         raise ConfigError(
             f"config key 'backend' = {cfg.backend!r}: the model file {cfg.model} is a {backend} model"
         )
@@ -138,7 +136,8 @@ def ring_layout(cfg: PipelineConfig, model: dict[str, Any], frame_size: tuple[in
 
 
 def graph() -> dict[str, Any]:
-    """The whole graph in one place: every stage kind and what it declares (stream.stages.base.Declares).
+    """The whole graph in one place: every stage kind (its class: what it declares, ``declares``, and the
+    few settings its context carries, ``Config``; stream.stages.base).
 
     ::
 
@@ -151,7 +150,7 @@ def graph() -> dict[str, Any]:
     from stream.stages.overlay import OverlayStage
     from stream.stages.preprocess import PreprocessStage
 
-    return {c.stage: c.declares for c in (CaptureStage, PreprocessStage, InferStage, OverlayStage)}
+    return {c.stage: c for c in (CaptureStage, PreprocessStage, InferStage, OverlayStage)}
 
 
 class Builder:
@@ -174,7 +173,9 @@ class Builder:
         return f"ipc://{self.run_dir}/{name}"
 
     def proc(self, stage: str, name: str, conf: dict, stream: str = "", live: bool = False, ring=None, **eps):
-        decl = self.graph[stage]
+        """One stage process: its context holds its own Config's keys of ``conf``, nothing else."""
+        cls = self.graph[stage]
+        decl = cls.declares
         own = None
         if self.cores:
             own = (
@@ -190,7 +191,7 @@ class Builder:
         ctx = StageContext(
             stage=stage,
             name=name,
-            config=conf,
+            config=cls.Config.pick(conf).to_dict(),
             endpoints={**ctl, **eps},
             ring=ring_info,
             model=self.model,
@@ -228,6 +229,11 @@ class Builder:
         scfg = self.cfg.for_stream(spec)
         conf = json.loads(scfg.to_json())
         conf["run_dir"] = str(self.run_dir)
+        maps = scfg.wants_maps()
+        if maps and scfg.infer_mode == "tiled":
+            raise ConfigError(f"{', '.join(maps)} maps are not made in tiled mode (--infer-mode)")
+        # what the stream's sinks need from infer besides class ids, asked for in every frame header
+        conf["want"] = [*maps, *(["confidence"] if scfg.wants_confidence() else [])]
         live = is_live(spec.uri, scfg.live)
         sid = spec.id
         cap = self.proc(

@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from engines.errors import SegstreamError
@@ -56,12 +56,30 @@ RESTART_POLICIES = ("restart", "restart-and-replay", "fatal")
 
 
 @dataclass
+class StageConfig:
+    """The run settings every stage reads. Each stage's ``Config`` adds the few it needs, and its context
+    carries only those (the pipeline picks them from the run's validated PipelineConfig)."""
+
+    heartbeat_s: float = 0.5
+    run_dir: str | None = None  # where ipc sockets and stage logs live
+
+    @classmethod
+    def pick(cls, d: dict[str, Any]) -> StageConfig:
+        """The keys of ``d`` this config has (a whole run config may be given: the rest is not ours)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
 class StageContext:
     """Everything a stage needs from the supervisor (JSON-serializable)."""
 
     stage: str  # capture | preprocess | infer | overlay
     name: str  # instance name, e.g. infer-1
-    config: dict[str, Any]  # PipelineConfig as dict
+    config: dict[str, Any]  # the stage's Config as a dict (its own keys of the run's PipelineConfig)
     endpoints: dict[str, str] = field(default_factory=dict)  # role -> endpoint string
     ring: dict[str, Any] | None = None  # {"name": ..., "layout": {...}} or None (no shm)
     model: dict[str, Any] | None = None  # {"meta": json, "wants_uint8": bool, "max_batch": int}
@@ -96,15 +114,15 @@ class Stage:
 
     stage = "?"
     declares: Declares
+    Config: type[StageConfig] = StageConfig
 
     def __init__(self, ctx: StageContext) -> None:
         import zmq
 
-        from stream.config import PipelineConfig
         from stream.cpus import pin
 
         self.ctx = ctx
-        self.cfg = PipelineConfig.from_dict(ctx.config)
+        self.cfg = self.Config.pick(ctx.config)
         pin(ctx.cpus)
         self.metrics = StageMetrics(ctx.name)
         self.zctx = zmq.Context.instance()

@@ -7,7 +7,7 @@ count a frame as dropped when no slot is free (newest wins, latency stays bounde
 After an infer/preprocess restart the supervisor sends ``replay``: every unacknowledged frame (its
 pixels are still in its slot) is sent again, and so is EOS; the overlay stage discards duplicates.
 
-Live sources: every frame header also carries the source's link counters (``extra.link``: reconnects,
+Live sources: every frame header also carries the source's link counters (``FrameHeader.link``: reconnects,
 outages, seconds of outage, down) for the mask header and the live view, and the camera's own capture
 time when the source knows it (``ts.camera``, RTSP), from which the overlay measures glass-to-output
 latency. Whatever leaves this stage that names the source goes through ``stream.redact``.
@@ -16,18 +16,30 @@ latency. Whatever leaves this stage that names the source goes through ``stream.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from stream import headers as H
 from stream.redact import redact
-from stream.stages.base import Declares, Stage
+from stream.stages.base import Declares, Stage, StageConfig
+
+
+@dataclass
+class CaptureConfig(StageConfig):
+    source: str = ""
+    live: bool | None = None  # None: as the source says
+    max_frames: int | None = None
+    slots: int = 8
+    reorder_timeout_s: float = 0.5
+    want: list[str] = field(default_factory=list)  # maps this stream's sinks need (FrameHeader.want)
 
 
 class CaptureStage(Stage):
     stage = "capture"
     # a live capture reopens its source; a file's cannot resume mid-file
     declares = Declares("source", True, ("acks",), ("frames",), "restart", "fatal")
+    Config = CaptureConfig
 
     def setup(self) -> None:
         import zmq
@@ -70,7 +82,7 @@ class CaptureStage(Stage):
             (self.ring.name, *self.ring.layout.to_dict().values()) if self.ring is not None else ()
         )
         # what this stream's sinks need from infer besides class ids: carried in every header
-        self.want = tuple(self.cfg.wants_maps()) + (("confidence",) if self.cfg.wants_confidence() else ())
+        self.want = tuple(self.cfg.want)
         # frames wait until every stage is up (model loaded): start-up is not latency, and a live
         # source would only drop frames meanwhile. Standalone (no supervisor): go at once.
         self.go = self.ctl_down is None
@@ -165,7 +177,7 @@ class CaptureStage(Stage):
 
     def finish(self) -> None:
         hdr = H.FrameHeader(kind=H.EOS, stream=self.stream, seq=self.seq, ts={"capture": time.time()})
-        hdr.extra["src"] = self.src_info
+        hdr.source = self.src_info
         self.send(H.encode(hdr))
         self.eos_sent = True
         self.source.close()
@@ -245,9 +257,9 @@ class CaptureStage(Stage):
         hdr.ts["source"] = t_capture
         if camera_time is not None:
             hdr.ts["camera"] = camera_time
-        hdr.extra["src"] = self.src_info
+        hdr.source = self.src_info
         if self.live:
-            hdr.extra["link"] = self.source.stats.link()
+            hdr.link = self.source.stats.link()
         hdr.drops = dict(self.metrics.drops)
         slot = self.ledger.take() if self.ledger is not None else None
         if slot is not None:

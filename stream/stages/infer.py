@@ -9,12 +9,23 @@ the overlay stage puts frames back in seq order.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from stream import headers as H
 from stream.shm import ShmError
-from stream.stages.base import Declares, Stage
+from stream.stages.base import Declares, Stage, StageConfig
+
+
+@dataclass
+class InferConfig(StageConfig):
+    model: str = ""
+    device: str = "auto"
+    threads: int | None = None
+    batch: int | None = None  # None: the model's max batch
+    batch_deadline_ms: float = 5.0
+    infer_mode: str = "scaled"
 
 
 class InferStage(Stage):
@@ -23,6 +34,7 @@ class InferStage(Stage):
     declares = Declares(
         "worker", False, ("inputs",), ("results",), "restart-and-replay", "restart-and-replay"
     )
+    Config = InferConfig
 
     def setup(self) -> None:
         import zmq
@@ -36,12 +48,6 @@ class InferStage(Stage):
         self.max_batch = max(1, min(self.cfg.batch or self.runtime.max_batch, self.runtime.max_batch))
         # what a frame asks for (confidence, entropy, margin) comes in its header (capture sets it from
         # the stream's sinks): a remote worker, which knows no sink, computes the same as a local one
-        if self.cfg.infer_mode == "tiled" and set(self.cfg.wants_maps()):
-            from engines.errors import SegstreamError
-
-            raise SegstreamError(
-                f"{', '.join(self.cfg.wants_maps())} maps are not made in tiled mode (--infer-mode)"
-            )
         from stream.stages.preprocess import feed_hwm
 
         # short: what waits for a worker waits in preprocess, where it is scheduled fairly across streams
@@ -90,7 +96,7 @@ class InferStage(Stage):
             if item is None:
                 if not batch or self.max_batch == 1:
                     break
-                live = bool(batch[0][0].extra.get("src", {}).get("live"))
+                live = bool(batch[0][0].source.get("live"))
                 if live or self.cfg.batch_deadline_ms <= 0 or self.runtime.device == "cpu":
                     # live: what is ready goes now; waiting only adds latency. CPU: a batch costs the same
                     # per frame as single frames, so batch only what is already queued (infer behind)
@@ -174,9 +180,9 @@ class InferStage(Stage):
         if "input" in arrays:
             return arrays["input"]
         ring = self.ring_for(hdr)
-        if ring is None or "in" not in hdr.extra:
+        if ring is None or not hdr.input:
             raise H.HeaderError(f"seq {hdr.seq}: no model input (no slot, nothing inline)")
-        shape, dtype = hdr.extra["in"]
+        shape, dtype = hdr.input
         return ring.view(hdr.slot, "input", tuple(shape), dtype)
 
     def step(self) -> None:
@@ -193,7 +199,7 @@ class InferStage(Stage):
             self.confidence = "confidence" in want
             self.maps = tuple(sorted(want - {"confidence"}))
             maps: dict = {}
-            overlap = batch[0][0].extra.get("tiles")  # set by preprocess for a tiled run's frames
+            overlap = batch[0][0].tiles  # set by preprocess for a tiled run's frames
             if overlap is not None:
                 ids, conf = self.run_tiled(batch, inputs, float(overlap))
             else:
@@ -207,7 +213,7 @@ class InferStage(Stage):
                 self.batches += 1
             for i, (hdr, arrays) in enumerate(batch):
                 hdr.stamp("infer")
-                hdr.extra.pop("in", None)
+                hdr.input = ()
                 parts = {"mask": ids[i]}
                 if conf is not None and "confidence" in hdr.want:
                     parts["confidence"] = conf[i]

@@ -8,9 +8,20 @@ device (``wants_uint8``) get resized uint8 frames, four times fewer bytes than f
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass, field
 
 from stream import headers as H
-from stream.stages.base import Declares, Stage
+from stream.stages.base import Declares, Stage, StageConfig
+
+
+@dataclass
+class PreprocessConfig(StageConfig):
+    batch: int | None = None
+    remote_infer: list[str] = field(default_factory=list)  # workers elsewhere: inputs travel inline
+    infer_mode: str = "scaled"
+    infer_scale: float = 1.0
+    tile_overlap: float = 0.25
+    adaptive: bool = False
 
 
 def feed_hwm(cfg, model: dict | None) -> int:
@@ -33,6 +44,7 @@ class PreprocessStage(Stage):
     stage = "preprocess"
     # restarted; frames it held are replayed by file captures (lossless)
     declares = Declares("worker", False, ("frames",), ("inputs",), "restart-and-replay", "restart-and-replay")
+    Config = PreprocessConfig
 
     def setup(self) -> None:
         import zmq
@@ -165,11 +177,11 @@ class PreprocessStage(Stage):
             # tiled: infer cuts model-size tiles from the uint8 frame at the run's scale; the
             # header says so, so any infer worker (remote ones too) knows what it received
             x = work_image(frame, self.meta.input_size[::-1], self.cfg.infer_scale)
-            hdr.extra["tiles"] = self.cfg.tile_overlap
+            hdr.tiles = self.cfg.tile_overlap
         elif self.adaptive is not None:
             meta = self.adaptive.meta_for(sum(hdr.drops.values()))
             x = prepare_batch([frame], meta, uint8=self.uint8)[0]
-            hdr.extra["infer_size"] = list(meta.input_size)
+            hdr.infer_size = tuple(meta.input_size)
             self.metrics.extra["adaptive"] = self.adaptive.stats()
         else:
             x = prepare_batch([frame], self.meta, uint8=self.uint8)[0]
@@ -178,10 +190,10 @@ class PreprocessStage(Stage):
         keep = {"frame": arrays["frame"]} if "frame" in arrays else {}
         if not self.inline and ring is not None and hdr.slot >= 0 and ring.fits("input", x.nbytes):
             ring.write(hdr.slot, "input", x)
-            hdr.extra["in"] = [list(x.shape), x.dtype.str]
+            hdr.input = (tuple(x.shape), x.dtype.str)
             msg = H.encode(hdr, keep)
         else:
-            hdr.extra.pop("in", None)
+            hdr.input = ()
             if self.inline:
                 hdr.ring = ()  # a worker on another host cannot attach it; the overlay has its own
             msg = H.encode(hdr, {**keep, "input": x})
