@@ -69,6 +69,9 @@ class PipelineConfig:
     # several streams (stream.streams): tables of id, uri, sinks, live, max_frames; empty: the one stream
     # given by source/sinks/live/max_frames, id "0"
     streams: list[dict[str, Any]] = field(default_factory=list)
+    # the control API (stream.control): add/remove/list streams while the run goes on
+    control: str | None = None  # tcp://127.0.0.1:PORT or ipc://PATH
+    control_token: str | None = None  # file holding the token every request must carry
 
     def __post_init__(self) -> None:
         self.validate()

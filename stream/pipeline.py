@@ -264,59 +264,107 @@ def build(cfg: PipelineConfig, model: dict[str, Any], run_dir: Path, ring) -> li
     return b.shared_stages() + b.stream_stages(cfg.stream_specs()[0], ring)
 
 
+class StreamFactory:
+    """Makes a stream's stages and its ring (sized from its source when that can be probed); for a stream
+    added while the run goes on, first checks it as ``segstream run`` checks its own: the source opens,
+    the sinks can be written, no sink is another stream's, nothing is exposed without consent."""
+
+    def __init__(self, cfg: PipelineConfig, model: dict[str, Any], builder: Builder, insecure: bool) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.builder = builder
+        self.insecure = insecure
+        self.active: dict[str, Any] = {}  # stream id -> StreamSpec
+        self.rings: list = []  # every ring made (closed by the supervisor, or here on a failed start)
+
+    def make(self, spec, info=None, check: bool = False) -> tuple[list[StageProc], Any]:
+        from stream.shm import FrameRing
+
+        scfg = self.cfg.for_stream(spec)
+        if check:
+            from stream.exposure import check_exposure
+            from stream.streams import check_distinct
+            from stream.uri import open_sink
+
+            check_distinct([*self.active.values(), spec])
+            for s in spec.sinks:
+                open_sink(s).preflight()
+            check_exposure(spec.sinks, [], insecure=self.insecure)
+            if info is None:
+                info = probe_source(scfg)
+        elif info is None:
+            info = probe_source(scfg)
+        size = (info.width, info.height) if info is not None and info.width > 0 else None
+        layout = ring_layout(self.cfg, self.model, size) if self.cfg.shm else None
+        ring = FrameRing.create(layout) if layout is not None else None
+        if ring is not None:
+            self.rings.append(ring)
+        try:
+            stages = self.builder.stream_stages(spec, ring)
+        except Exception:
+            if ring is not None:
+                ring.close()
+                self.rings.remove(ring)
+            raise
+        self.active[spec.id] = spec
+        return stages, ring
+
+    def forget(self, sid: str) -> None:
+        self.active.pop(sid, None)
+
+
 def run_pipeline(
     cfg: PipelineConfig,
     on_progress=None,
     model: dict[str, Any] | None = None,
     source=None,
+    insecure: bool = False,
 ) -> Outcome:
     """Run the pipeline to the end (or to Ctrl-C); the run directory and every ring are always removed.
     ``source`` is ``probe_source``'s SourceInfo of the first stream when the caller has it (sizes the
     ring); the other streams' sources are probed here."""
-    from stream.shm import FrameRing, remove_orphans
+    from stream.shm import remove_orphans
 
     remove_orphans()  # segments of supervisors that were SIGKILLed before their tracker could run
     remove_orphan_run_dirs()
     model = model or probe_model(cfg)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
-    rings: list = []
     builder = Builder(cfg, model, run_dir)
-
-    def make_stream(spec, info=None) -> tuple[list[StageProc], Any]:
-        """A stream's stages and its ring (sized from its source when that can be probed)."""
-        if info is None:
-            info = probe_source(cfg.for_stream(spec))
-        size = (info.width, info.height) if info is not None and info.width > 0 else None
-        layout = ring_layout(cfg, model, size) if cfg.shm else None
-        ring = FrameRing.create(layout) if layout is not None else None
-        if ring is not None:
-            rings.append(ring)
-        return builder.stream_stages(spec, ring), ring
-
+    factory = StreamFactory(cfg, model, builder, insecure)
+    control = None
+    done = False
     try:
         stages = builder.shared_stages()
-        streams = {}
+        rings = {}
         for i, spec in enumerate(cfg.stream_specs()):
-            st, ring = make_stream(spec, source if i == 0 else None)
+            st, ring = factory.make(spec, source if i == 0 else None)
             stages += st
-            streams[spec.id] = ring
+            rings[spec.id] = ring
         sup = Supervisor(
             cfg,
             stages,
             run_dir,
             ctl_up="pull+bind:" + f"ipc://{run_dir}/ctl-up",
             ctl_down="pub+bind:" + f"ipc://{run_dir}/ctl-down",
-            rings=streams,
+            rings=rings,
             on_progress=on_progress,
-            make_stream=make_stream,
+            factory=factory,
         )
+        if cfg.control:
+            from stream.control import ControlServer, read_token
+
+            control = ControlServer(cfg.control, sup.api_handlers(), read_token(cfg.control_token))
+            sup.control = control
         outcome = sup.run()
-        rings = []  # the supervisor closed (and unlinked) them
+        done = True  # the supervisor closed (and unlinked) every ring it knew
         if not outcome.ok and outcome.failed_stage and not outcome.fatal:
             sp = sup.stages.get(outcome.failed_stage)
             outcome.report["failed_stage_log"] = sup.last_lines(sp) if sp else []
         return outcome
     finally:
-        for ring in rings:
-            ring.close()
+        if not done:
+            if control is not None:
+                control.close()
+            for ring in factory.rings:
+                ring.close()
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from engines.errors import SegstreamError
 
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # file names, ipc paths, topics: safe everywhere
+ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")  # file names, ipc paths (108 bytes), topics
 KEYS = ("id", "uri", "sinks", "live", "max_frames")
 MULTI_DEFAULT_SINK = "segstream-out-{stream}.mp4"
 
@@ -50,7 +50,7 @@ def parse(d: Any, where: str) -> StreamSpec:
     sid = d.get("id")
     if not isinstance(sid, str) or not ID_RE.match(sid):
         raise StreamError(
-            f"{where}: key 'id' = {sid!r}: must be 1-64 letters, digits, '_', '.', '-' (not first)"
+            f"{where}: key 'id' = {sid!r}: must be 1-40 letters, digits, '_', '.', '-' (not first)"
         )
     uri = d.get("uri")
     if not isinstance(uri, str) or not uri:

@@ -105,6 +105,7 @@ class StreamState:
     last_cmd: float = 0.0  # when it was last told to drain or stop
     written_before: int = 0  # frames written by sink instances that were restarted
     files_before: list[str] = field(default_factory=list)
+    final_written: int | None = None  # a removed stream's count, kept when its stages are forgotten
 
 
 class Supervisor:
@@ -121,7 +122,8 @@ class Supervisor:
         rings: dict[str, Any] | None = None,
         on_progress: Callable[[RunMetrics, dict[str, Any]], None] | None = None,
         launcher: Launcher | None = None,
-        make_stream: Callable[..., tuple[list[StageProc], Any]] | None = None,
+        factory: Any = None,
+        control: Any = None,
     ) -> None:
         from stream import launch
 
@@ -132,7 +134,10 @@ class Supervisor:
         self.ctl_up_ep = ctl_up
         self.ctl_down_ep = ctl_down
         self.on_progress = on_progress
-        self.make_stream = make_stream
+        # makes a stream's stages and ring (stream.pipeline.StreamFactory: add_stream), forgets it again
+        self.factory = factory
+        self.control = control  # stream.control.ControlServer, answered from this loop
+        self.names: dict[str, str] = {sp.name: sp.stream for sp in stages if sp.stream}
         self.metrics = RunMetrics()
         self.info: dict[str, Any] = {}  # latest heartbeat extras by stage
         self.fatal: tuple[str, str] | None = None
@@ -264,18 +269,20 @@ class Supervisor:
         """Start a stream's stages (its ring made by ``make_stream``); it starts once they report in."""
         from stream.streams import StreamError
 
-        if self.make_stream is None:
+        if self.factory is None:
             raise StreamError("this run cannot add streams")
         if spec.id in self.streams or spec.id in self.retired:
             raise StreamError(f"stream '{spec.id}': key 'id' = {spec.id!r}: a stream of this run has that id")
         if self.drain_sent:
             raise StreamError("the run is stopping")
-        stages, ring = self.make_stream(spec)
+        stages, ring = self.factory.make(spec, check=True)
         self.streams[spec.id] = StreamState(spec.id, ring=ring)
         self.multi = True
         for sp in stages:
             self.stages[sp.name] = sp
+            self.names[sp.name] = sp.stream
             self.spawn(sp)
+        print(f"segstream: stream {spec.id} added ({', '.join(spec.sinks)})", file=sys.stderr)
 
     def remove_stream(self, sid: str) -> None:
         """Drain a stream (its source stops, what is in flight is written, sinks finalized)."""
@@ -284,8 +291,11 @@ class Supervisor:
         st = self.streams.get(sid)
         if st is None:
             raise StreamError(f"no stream '{sid}' in this run (streams: {', '.join(self.streams) or 'none'})")
+        if st.removing:
+            raise StreamError(f"stream '{sid}' is already being removed")
         st.removing = True
         self.multi = True
+        print(f"segstream: stream {sid} removed: draining it", file=sys.stderr)
 
     def retire_finished(self) -> None:
         """Streams whose sink is done or that failed: stop their stages; once those exited, forget them
@@ -309,8 +319,14 @@ class Supervisor:
                     sp.exited = True
             if st.removing and all(sp.exited for sp in procs):
                 self.drain_messages()
+                st.final_written = self.written(st)
+                for sp in self.of_stream(st.id, "sink"):
+                    files = self.info.get(sp.name, {}).get("files", [])
+                    st.files_before += [f for f in files if f not in st.files_before]
                 for sp in procs:
                     self.stages.pop(sp.name, None)
+                if self.factory is not None:
+                    self.factory.forget(st.id)
                 if st.ring is not None:
                     self.broadcast("forget", stream=st.id, ring=st.ring.name)
                     st.ring.close()
@@ -320,11 +336,16 @@ class Supervisor:
     def list_streams(self) -> list[dict[str, Any]]:
         """Every stream with its state and counters (the control API's ``list``)."""
         out = []
+        roles = {sp.name: sp.role for sp in self.stages.values()}
         for sid, st in [*self.streams.items(), *self.retired.items()]:
             snap = {}
-            for sp in self.stages.values():
-                if sp.stream == sid and sp.role == "sink":
-                    snap = self.metrics.stages.get(sp.name, {})
+            for name, s in self.names.items():
+                if (
+                    s == sid
+                    and roles.get(name, "sink") == "sink"
+                    and self.metrics.stages.get(name, {}).get("latency")
+                ):
+                    snap = self.metrics.stages[name]
             state = (
                 "failed"
                 if st.failed
@@ -376,6 +397,8 @@ class Supervisor:
                 outcome.failed_streams = {
                     sid: st.failed for sid, st in [*self.streams.items(), *self.retired.items()] if st.failed
                 }
+            if self.control is not None:
+                self.control.close()
             zctx.destroy(linger=0)
             for st in [*self.streams.values(), *self.retired.values()]:
                 if st.ring is not None:
@@ -384,10 +407,28 @@ class Supervisor:
         return outcome
 
     def stream_of(self) -> dict[str, str]:
-        return {name: sp.stream for name, sp in self.stages.items() if sp.stream}
+        return dict(self.names)  # removed streams' stages included: their counters stay in the report
 
-    def poll_api(self) -> None:  # noqa: B027 - the control API (stream.control) hooks in here
-        pass
+    def poll_api(self) -> None:
+        if self.control is not None:
+            self.control.poll()
+
+    def api_handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """The control API's commands (stream.control)."""
+        from stream.streams import StreamError, parse
+
+        def add(req: dict[str, Any]) -> dict[str, Any]:
+            self.add_stream(parse(req.get("stream"), "add"))
+            return {}
+
+        def remove(req: dict[str, Any]) -> dict[str, Any]:
+            sid = req.get("id")
+            if not isinstance(sid, str):
+                raise StreamError(f"remove: key 'id' = {sid!r}: must be a stream id")
+            self.remove_stream(sid)
+            return {"draining": True}
+
+        return {"add": add, "remove": remove, "list": lambda req: {"streams": self.list_streams()}}
 
     def watch(self, t0: float) -> Outcome:
         import zmq
@@ -616,6 +657,8 @@ class Supervisor:
         return None
 
     def written(self, st: StreamState) -> int:
+        if st.final_written is not None:
+            return st.final_written
         sinks = self.of_stream(st.id, "sink")
         now = sum(int(self.info.get(sp.name, {}).get("written", 0)) for sp in sinks)
         if st.done is not None:

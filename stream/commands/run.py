@@ -129,6 +129,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "options given on the command line override it",
     )
     p.add_argument(
+        "--control",
+        default=None,
+        metavar="ENDPOINT",
+        help="serve the control API here (tcp://127.0.0.1:PORT or ipc://PATH): `segstream streams "
+        "add|remove|list --control ENDPOINT` changes the streams while the run goes on",
+    )
+    p.add_argument(
+        "--control-token",
+        default=None,
+        metavar="FILE",
+        help="every control request must carry the token in FILE (needed to bind --control beyond loopback)",
+    )
+    p.add_argument(
         "--insecure",
         action="store_true",
         help="allow unencrypted binds beyond loopback (zmq-pub without CURVE, http live view, "
@@ -164,6 +177,8 @@ _ARG_KEYS = {
     "infer_scale": "infer_scale",
     "tile_overlap": "tile_overlap",
     "adaptive": "adaptive",
+    "control": "control",
+    "control_token": "control_token",
 }
 _NEGATED = {"no_shm", "no_pin", "no_progress"}
 
@@ -348,10 +363,14 @@ def run(args: argparse.Namespace) -> int:
     # on the user's terminal before stages start: the stages' own output goes to their log files
     for line in check_exposure(all_sinks, cfg.remote_infer, insecure=args.insecure):
         print(f"segstream: {line}", file=sys.stderr)
+    if cfg.control:
+        from stream.control import check_endpoint, read_token
+
+        check_endpoint(cfg.control, read_token(cfg.control_token), args.insecure)
     model = probe_model(cfg)
     progress = Progress(cfg.progress)
     try:
-        out = run_pipeline(cfg, on_progress=progress, model=model, source=source)
+        out = run_pipeline(cfg, on_progress=progress, model=model, source=source, insecure=args.insecure)
     finally:
         progress.stop()
     rep = out.report
@@ -390,7 +409,7 @@ def run(args: argparse.Namespace) -> int:
                 f"stream {sid} ({link.get('uri', '?')}): {link['reconnects']} reconnect(s), "
                 f"{link['outages']} outage(s), {link['outage_s']:.1f} s without a stream"
             )
-    if len(specs) > 1 or out.failed_streams:
+    if len(rep.get("stream_stats", {})) > 1 or out.failed_streams:
         for sid, st in rep.get("stream_stats", {}).items():
             sl = st.get("latency_ms", {})
             print(

@@ -100,6 +100,10 @@ class PreprocessStage(Stage):
         w, h = self.meta.input_size
         prepare_batch([np.zeros((h * 3 // 2, w * 3 // 2, 3), np.uint8)], self.meta, uint8=self.uint8)
 
+    def on_command(self, cmd) -> None:
+        if cmd.get("cmd") == "forget" and cmd.get("ring"):  # a removed stream's ring: detach it
+            self.forget_ring(str(cmd["ring"]))
+
     def poll_control(self) -> list:
         self.poll_monitor()
         return super().poll_control()

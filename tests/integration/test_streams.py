@@ -4,7 +4,8 @@
   stream drops nothing (frames are fed round-robin across streams);
 - three streams from a config file, one of them a network stream whose server is killed: that stream ends
   on its own, the other two keep every frame, and the mask headers carry each stream's id;
-- a remote infer worker fed garbage counts and drops it, and computes the maps a frame asks for.
+- a remote infer worker fed garbage counts and drops it, and computes the maps a frame asks for;
+- a stream added and removed through the control API while the run goes on.
 """
 
 from __future__ import annotations
@@ -128,7 +129,9 @@ def collect_masks(port: int, into: list, stop: threading.Event) -> None:
 
 
 @needs_ffmpeg
-def test_one_of_three_streams_loses_its_source_and_the_others_keep_every_frame(tmp_path, onnx_model, avi_clip):
+def test_one_of_three_streams_loses_its_source_and_the_others_keep_every_frame(
+    tmp_path, onnx_model, avi_clip
+):
     from stream.transport import free_tcp_port
 
     n = 80  # 8 s at 10 fps: the network stream's server is killed well before these end
@@ -245,9 +248,71 @@ def test_remote_worker_drops_garbage_and_computes_what_frames_ask_for(tmp_path, 
         pull.close(0)
         zctx.term()
     by_seq = {h.seq: (h, a) for h, a in got}
-    (h7, a7), (h8, a8) = by_seq[7], by_seq[8]
+    (h7, a7), (_, a8) = by_seq[7], by_seq[8]
     assert h7.stream == "cam" and a7["mask"].shape == (120, 160)
     assert a7["confidence"].shape == (120, 160) and a7["confidence"].dtype == np.uint8  # asked for
     assert "confidence" not in a8  # not asked for: not computed into the message
     text = (tmp_path / "worker.log").read_text()
     assert text.count("dropped a malformed message") == len(junk), text
+
+
+def test_a_stream_added_and_removed_while_the_run_goes_on(tmp_path, onnx_model):
+    import zmq
+
+    from stream.control import ControlError, request
+    from stream.transport import free_tcp_port
+
+    n = 60  # stream 0: 6 s at 10 fps, the run's length
+    ctl = f"tcp://127.0.0.1:{free_tcp_port()}"
+    p = segstream(
+        ["run", f"synthetic://?size=320x240&fps=10&frames={n}", "--model", str(onnx_model)]
+        + ["--threads", "1", "--no-progress", "--sink", "a.mp4", "--stats-json", "stats.json"]
+        + ["--control", ctl],
+        tmp_path,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the control port answers once the stages are being started
+            try:
+                request(ctl, {"cmd": "list"})
+                break
+            except ControlError:
+                assert time.monotonic() < deadline and p.poll() is None, "the run never answered"
+        add = {"id": "cam2", "uri": "synthetic://?size=320x240&fps=10&frames=100000", "sinks": ["cam2.mp4"]}
+        request(ctl, {"cmd": "add", "stream": add})
+        # refused, the run goes on: a taken id, a sink of another stream, garbage on the port
+        with pytest.raises(ControlError, match="a stream of this run has that id"):
+            request(ctl, {"cmd": "add", "stream": {**add, "sinks": ["other.mp4"]}})
+        with pytest.raises(ControlError, match="sink 'a.mp4' is also stream '0''s"):
+            request(ctl, {"cmd": "add", "stream": {**add, "id": "cam3", "sinks": ["a.mp4"]}})
+        raw = zmq.Context.instance().socket(zmq.REQ)
+        raw.connect(ctl)
+        raw.send(b"\xff garbage")
+        assert raw.poll(10_000)
+        reply = json.loads(raw.recv())
+        raw.close(0)
+        assert reply == {"ok": False, "error": "the request is not JSON"}
+        while True:
+            cam2 = {s["id"]: s for s in request(ctl, {"cmd": "list"})["streams"]}["cam2"]
+            if cam2["frames"] >= 10:
+                break
+            assert time.monotonic() < deadline, cam2
+            time.sleep(0.1)
+        request(ctl, {"cmd": "remove", "id": "cam2"})
+        while {s["id"]: s for s in request(ctl, {"cmd": "list"})["streams"]}["cam2"]["state"] != "removed":
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        stdout, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, stderr
+    rep = json.loads((tmp_path / "stats.json").read_text())
+    per = rep["stream_stats"]
+    # stream 0 went on without a gap; cam2's output holds every frame it wrote, finalized at its removal
+    assert per["0"]["frames"] == n and not per["0"]["drops"], per
+    assert per["cam2"]["frames"] >= 10
+    assert frames_in(tmp_path / "a.mp4") == n
+    assert frames_in(tmp_path / "cam2.mp4") == per["cam2"]["frames"]
+    assert "stream cam2 added" in stderr and "stream cam2 removed" in stderr

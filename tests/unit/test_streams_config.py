@@ -99,3 +99,36 @@ def test_cli_refuses_a_sink_several_streams_would_share_in_one_line(tmp_path):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "sink 'o.mp4' is also stream '0''s" in lines[0], out.stderr
     assert "{stream}" in lines[0]
+
+
+def test_control_port_beyond_loopback_needs_a_token_and_requests_must_carry_it(tmp_path):
+    import json
+
+    from stream.control import ControlError, ControlServer, check_endpoint, read_token
+
+    with pytest.raises(ControlError, match="--control-token FILE"):
+        check_endpoint("tcp://0.0.0.0:7000", None, insecure=False)
+    assert check_endpoint("tcp://127.0.0.1:7000", None, insecure=False)
+    assert check_endpoint("tcp://0.0.0.0:7000", "t" * 16, insecure=False)
+    with pytest.raises(ControlError, match="expected tcp://HOST:PORT"):
+        check_endpoint("http://127.0.0.1:7000", None, insecure=False)
+    (tmp_path / "short").write_text("abc")
+    with pytest.raises(ControlError, match="at least 16"):
+        read_token(str(tmp_path / "short"))
+    server = ControlServer(f"ipc://{tmp_path}/ctl", {"list": lambda req: {"streams": []}}, token="s" * 16)
+    try:
+        assert server.answer(json.dumps({"cmd": "list"}).encode()) == {
+            "ok": False,
+            "error": "wrong or missing token",
+        }
+        assert server.answer(json.dumps({"cmd": "list", "token": "s" * 16}).encode()) == {
+            "ok": True,
+            "streams": [],
+        }
+        assert (
+            "unknown command 'drop'"
+            in server.answer(b'{"cmd": "drop", "token": "' + b"s" * 16 + b'"}')["error"]
+        )
+        assert server.answer(b"[1, 2]")["error"] == "the request is not a JSON object"
+    finally:
+        server.close()
