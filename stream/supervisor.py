@@ -464,6 +464,8 @@ class Supervisor:
             if self.fatal is not None:
                 name, message = self.fatal
                 return self.outcome(t0, ok=False, failed_stage=name, message=message, fatal=True)
+            if not self.streams and self.retired:  # every stream was removed: nothing left to run
+                return self.outcome(t0, ok=True, interrupted=bool(self.signals))
             if self.streams and all(self.finished(st) for st in self.streams.values()):
                 failed = {sid: st.failed for sid, st in self.streams.items() if st.failed}
                 if failed and len(failed) == len(self.streams):  # nothing went on: the run failed

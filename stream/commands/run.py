@@ -294,12 +294,13 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
 
-        src = info.get("capture", {}).get("source", {})
-        ov = info.get("overlay", {})
-        written = ov.get("written", 0)
+        # every stream's source and sink (stream 0's are "capture"/"overlay", others "capture@ID", ...)
+        srcs = [v.get("source", {}) for k, v in info.items() if k.split("@")[0] == "capture"]
+        src = srcs[0] if len(srcs) == 1 else {"live": any(s.get("live") for s in srcs), "total": None}
+        written = sum(v.get("written", 0) for k, v in info.items() if k.split("@")[0] == "overlay")
         lat = metrics.latency().summary_ms()
         drops = sum(metrics.drops().values())
-        fps = metrics.stages.get("overlay", {}).get("fps", 0.0)
+        fps = sum(s.get("fps", 0.0) for k, s in metrics.stages.items() if k.split("@")[0] == "overlay")
         status = f"{fps:5.1f} fps  p50 {lat['p50']:.0f} ms  p99 {lat['p99']:.0f} ms  drops {drops}"
         if self.bar is None:
             live = src.get("live", False)
