@@ -41,7 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # own preparation (stream.launch)
         from stream.launch import prestart
 
-        prestart()
+        try:
+            prestart()
+        except SegstreamError as e:  # e.g. SEGSTREAM_LAUNCHER names no launcher: one line, no traceback
+            print(f"segstream run: error: {e}", file=sys.stderr)
+            return 2
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

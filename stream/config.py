@@ -68,9 +68,35 @@ class PipelineConfig:
     adaptive: bool = False
     # RGB-D models: a folder of 16-bit depth PNGs (mm) paired with the colour frames by index
     depth: str | None = None
+    # several streams (stream.streams): tables of id, uri, sinks, live, max_frames; empty: the one stream
+    # given by source/sinks/live/max_frames, id "0"
+    streams: list[dict[str, Any]] = field(default_factory=list)
+    # the control API (stream.control): add/remove/list streams while the run goes on
+    control: str | None = None  # tcp://127.0.0.1:PORT or ipc://PATH
+    control_token: str | None = None  # file holding the token every request must carry
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def stream_specs(self) -> list:
+        """The run's streams (stream.streams.StreamSpec), validated."""
+        from stream.streams import StreamSpec, parse
+
+        if not self.streams:
+            return [StreamSpec("0", self.source, list(self.sinks), self.live, self.max_frames)]
+        return [parse(d, f"stream {i + 1}") for i, d in enumerate(self.streams)]
+
+    def for_stream(self, spec) -> PipelineConfig:
+        """This config as one stream's capture and overlay see it: its source, sinks and options."""
+        d = asdict(self)
+        d.update(
+            source=spec.uri,
+            sinks=list(spec.sinks),
+            live=spec.live if spec.live is not None else self.live,
+            max_frames=spec.max_frames if spec.max_frames is not None else self.max_frames,
+            streams=[],
+        )
+        return PipelineConfig.from_dict(d)
 
     def wants_confidence(self) -> bool:
         """Whether any sink publishes the confidence map (constructing a sink opens nothing)."""
@@ -150,6 +176,19 @@ class PipelineConfig:
                 raise bad(
                     "depth", self.depth, "RGB-D runs need infer_mode 'scaled', local workers, no adaptive"
                 )
+            if len(self.streams) > 1:
+                raise bad("depth", self.depth, "pairs depth with one stream (several streams given)")
+        if not isinstance(self.streams, list):
+            raise bad("streams", self.streams, "must be a list of stream tables")
+        if self.streams:
+            from stream.streams import StreamError, check_distinct
+
+            try:
+                check_distinct(self.stream_specs())
+            except StreamError as e:
+                raise ConfigError(f"config key 'streams': {e}") from None
+            if self.remote_infer and len(self.streams) > 1:
+                raise bad("remote_infer", self.remote_infer, "works with one stream (several streams given)")
         if self.remote_infer:
             from stream.transport import parse_endpoint
 

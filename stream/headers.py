@@ -22,6 +22,7 @@ HEADER_VERSION = 1
 FRAME = "frame"  # one frame (and whatever arrays a stage attached)
 EOS = "eos"  # end of stream; ``seq`` = number of frames sent
 HEARTBEAT = "hb"  # idle heartbeat on the data path
+WANTS = ("confidence", "entropy", "margin")  # maps infer makes on request (FrameHeader.want)
 
 
 class HeaderError(SegstreamError, ValueError):
@@ -60,6 +61,20 @@ class FrameHeader:
     dtype: str = "uint8"
     drops: dict[str, int] = field(default_factory=dict)  # cumulative drop counters by cause
     parts: list[Part] = field(default_factory=list)  # inline arrays, in multipart order
+    # the stream's shared-memory ring (name, slots, frame_bytes, input_bytes): shared stages (preprocess,
+    # infer) serve many streams, each with its own ring, and attach the one a frame names; () = none
+    ring: tuple = ()
+    # what infer is asked for besides the class ids ("confidence", "entropy", "margin"): the stream's sinks
+    # decide, and a remote worker reads it here as a local one does
+    want: tuple[str, ...] = ()
+    # what capture says of the stream's source (w, h, fps, live, total, uri): sinks open with it, infer
+    # batches live frames without waiting
+    source: dict[str, Any] = field(default_factory=dict)
+    link: dict[str, Any] = field(default_factory=dict)  # a live source's link counters (capture)
+    input: tuple = ()  # (shape, dtype) of the model input preprocess wrote into the frame's ring slot
+    tiles: float | None = None  # tiled mode: the tile overlap infer blends with (preprocess)
+    infer_size: tuple[int, ...] = ()  # adaptive mode: the model input size preprocess chose (w, h)
+    # annotations of other producers, passed through untouched; segstream's stages declare theirs above
     extra: dict[str, Any] = field(default_factory=dict)
 
     def stamp(self, stage: str) -> FrameHeader:
@@ -80,6 +95,20 @@ class FrameHeader:
         }
         if self.drops:
             d["dr"] = self.drops
+        if self.ring:
+            d["rg"] = list(self.ring)
+        if self.want:
+            d["w"] = list(self.want)
+        if self.source:
+            d["so"] = self.source
+        if self.link:
+            d["ln"] = self.link
+        if self.input:
+            d["in"] = [list(self.input[0]), self.input[1]]
+        if self.tiles is not None:
+            d["tl"] = self.tiles
+        if self.infer_size:
+            d["is"] = list(self.infer_size)
         if self.parts:
             d["p"] = [[p.name, list(p.shape), p.dtype] for p in self.parts]
         if self.extra:
@@ -105,6 +134,33 @@ class FrameHeader:
                 if not (isinstance(n, str) and isinstance(t, str)):
                     raise HeaderError(f"malformed frame header: part {n!r} has no name/dtype strings")
                 parts.append(Part(n, _ints(shp, f"part {n!r} shape"), t))
+            ring = d.get("rg", [])
+            if ring and not (
+                isinstance(ring, list)
+                and len(ring) == 4
+                and isinstance(ring[0], str)
+                and ring[0].startswith("segstream-")
+                and all(type(v) is int and v >= 0 for v in ring[1:])
+            ):
+                raise HeaderError(f"malformed frame header: ring {ring!r} is not [segstream-NAME, 3 sizes]")
+            want = d.get("w", [])
+            if not isinstance(want, list) or not all(w in WANTS for w in want):
+                raise HeaderError(f"malformed frame header: want {want!r} names no known map")
+            source, link = d.get("so", {}), d.get("ln", {})
+            if not isinstance(source, dict) or not all(
+                source.get(k) is None
+                or (isinstance(source[k], (int, float)) and not isinstance(source[k], bool))
+                for k in ("w", "h", "fps", "total")
+            ):
+                raise HeaderError("malformed frame header: source info is not an object of numbers")
+            if not isinstance(link, dict):
+                raise HeaderError("malformed frame header: link counters are not an object")
+            inp = d.get("in", [])
+            if inp and not (isinstance(inp, list) and len(inp) == 2 and isinstance(inp[1], str)):
+                raise HeaderError(f"malformed frame header: input {inp!r} is not [shape, dtype]")
+            tiles = d.get("tl")
+            if tiles is not None and (isinstance(tiles, bool) or not isinstance(tiles, (int, float))):
+                raise HeaderError(f"malformed frame header: tile overlap {tiles!r} is not a number")
             return cls(
                 kind=kind,
                 stream=stream,
@@ -116,6 +172,13 @@ class FrameHeader:
                 dtype=dtype,
                 drops=_counts(d.get("dr", {})),
                 parts=parts,
+                ring=tuple(ring),
+                want=tuple(want),
+                source=source,
+                link=link,
+                input=(_ints(inp[0], "input shape"), inp[1]) if inp else (),
+                tiles=float(tiles) if tiles is not None else None,
+                infer_size=_ints(d.get("is", []), "infer size"),
                 extra=extra,
             )
         except HeaderError:
@@ -130,18 +193,18 @@ MAX_URI = 1024  # characters of a source URI carried into mask headers and pages
 def infer_size_of(header: FrameHeader) -> tuple[int, int] | None:
     """The (w, h) the preprocess stage resized this frame to under --adaptive; None otherwise (or when
     the value is not two positive integers: never worth dropping a frame for)."""
-    v = header.extra.get("infer_size")
-    if isinstance(v, list) and len(v) == 2 and all(type(x) is int and x > 0 for x in v):
+    v = header.infer_size
+    if len(v) == 2 and all(type(x) is int and x > 0 for x in v):
         return int(v[0]), int(v[1])
     return None
 
 
 def link_of(header: FrameHeader) -> dict[str, Any]:
-    """A live source's link counters from a frame header (capture's ``extra.link`` and the source URI),
+    """A live source's link counters from a frame header (capture's ``link`` and the source URI),
     checked and reduced to what the mask header and the live view show; {} when there are none. Never
     raises: the results port may carry anything, and counters are not worth dropping a frame for."""
-    link, src = header.extra.get("link"), header.extra.get("src")
-    if not isinstance(link, dict):
+    link, src = header.link, header.source
+    if not link:
         return {}
     out: dict[str, Any] = {}
     for key in ("reconnects", "outages"):

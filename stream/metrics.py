@@ -196,7 +196,30 @@ class RunMetrics:
                 out[k] = out.get(k, 0) + v
         return out
 
-    def report(self, frames: int, wall_s: float) -> dict[str, Any]:
+    @staticmethod
+    def latency_of(sparse: dict[str, Any]) -> dict[str, float]:
+        return LatencyHistogram.from_sparse(sparse).summary_ms()
+
+    def per_stream(self, stream_of: dict[str, str], wall_s: float) -> dict[str, dict[str, Any]]:
+        """Per stream id: frames written, fps, capture->output latency and drops (from its stages)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, sid in sorted(stream_of.items()):
+            snap = self.stages.get(name)
+            carried = self.carried.get(name, {})
+            if snap is None and not carried:
+                continue
+            s = out.setdefault(sid, {"frames": 0, "drops": {}})
+            snap = snap or {}
+            for k, v in [*snap.get("drops", {}).items(), *carried.get("drops", {}).items()]:
+                s["drops"][k] = s["drops"].get(k, 0) + v
+            if snap.get("latency"):  # the sink measures it
+                s["frames"] = snap.get("frames_out", 0) + carried.get("frames_out", 0)
+                s["latency_ms"] = self.latency_of(snap["latency"])
+                elapsed = snap.get("elapsed_s") or 0
+                s["fps"] = round(snap.get("frames_out", 0) / elapsed, 2) if elapsed else 0.0
+        return out
+
+    def report(self, frames: int, wall_s: float, stream_of: dict[str, str] | None = None) -> dict[str, Any]:
         stages = {}
         for name, snap in sorted(self.stages.items()):
             s = {k: v for k, v in snap.items() if k not in ("latency", "glass")}
@@ -215,5 +238,6 @@ class RunMetrics:
             **({"streams": streams} if streams else {}),
             "drops": self.drops(),
             "restarts": dict(self.restarts),
+            **({"stream_stats": self.per_stream(stream_of, wall_s)} if stream_of else {}),
             "stages": stages,
         }

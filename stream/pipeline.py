@@ -17,6 +17,7 @@ travel inline.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from stream import cpus
-from stream.config import PipelineConfig
+from stream.config import ConfigError, PipelineConfig
 from stream.stages.base import StageContext
 from stream.supervisor import Outcome, StageProc, Supervisor
 
@@ -84,8 +85,6 @@ def probe_model(cfg: PipelineConfig) -> dict[str, Any]:
 
     backend = backend_for(cfg.model)
     if cfg.backend != "auto" and cfg.backend != backend:
-        from stream.config import ConfigError
-
         raise ConfigError(
             f"config key 'backend' = {cfg.backend!r}: the model file {cfg.model} is a {backend} model"
         )
@@ -136,71 +135,182 @@ def ring_layout(cfg: PipelineConfig, model: dict[str, Any], frame_size: tuple[in
     return None
 
 
-def build(cfg: PipelineConfig, model: dict[str, Any], run_dir: Path, ring) -> list[StageProc]:
-    ipc = lambda name: f"ipc://{run_dir}/{name}"
-    ctl = {"ctl_up": "push+connect:" + ipc("ctl-up"), "ctl_down": "sub+connect:" + ipc("ctl-down")}
-    ring_info = {"name": ring.name, "layout": ring.layout.to_dict()} if ring is not None else None
-    conf = __import__("json").loads(cfg.to_json())
-    conf["run_dir"] = str(run_dir)
+def graph() -> dict[str, Any]:
+    """The whole graph in one place: every stage kind (its class: what it declares, ``declares``, and the
+    few settings its context carries, ``Config``; stream.stages.base).
 
-    cores = cpus.plan(cfg.threads, cfg.workers) if cfg.pin_cpus else None
+    ::
 
-    def ctx(stage: str, name: str, **eps: str) -> StageContext:
+        capture[stream] --frames--> preprocess --inputs--> infer x N --results-<stream>--> overlay[stream]
+             ^                                                                               |
+             +-------------------------------- acks-<stream> (credits) ----------------------+
+    """
+    from stream.stages.capture import CaptureStage
+    from stream.stages.infer import InferStage
+    from stream.stages.overlay import OverlayStage
+    from stream.stages.preprocess import PreprocessStage
+
+    return {c.stage: c for c in (CaptureStage, PreprocessStage, InferStage, OverlayStage)}
+
+
+class Builder:
+    """Stage processes for a run: the shared ones once, a capture and an overlay per stream (also for a
+    stream added while the run goes on: ``stream_stages``)."""
+
+    def __init__(self, cfg: PipelineConfig, model: dict[str, Any], run_dir: Path) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.run_dir = run_dir
+        self.conf = json.loads(cfg.to_json())
+        self.conf["run_dir"] = str(run_dir)
+        self.cores = cpus.plan(cfg.threads, cfg.workers) if cfg.pin_cpus else None
+        self.graph = graph()
+        self.remote_in, self.remote_out = (
+            (cfg.remote_infer + [None, None])[:2] if cfg.remote_infer else (None, None)
+        )
+
+    def ipc(self, name: str) -> str:
+        return f"ipc://{self.run_dir}/{name}"
+
+    def proc(self, stage: str, name: str, conf: dict, stream: str = "", live: bool = False, ring=None, **eps):
+        """One stage process: its context holds its own Config's keys of ``conf``, nothing else."""
+        cls = self.graph[stage]
+        decl = cls.declares
         own = None
-        if cores:
-            own = cores.get(name if name != "infer" else "infer-1") if stage == "infer" else cores["other"]
-        return StageContext(
+        if self.cores:
+            own = (
+                self.cores.get(name if name != "infer" else "infer-1")
+                if stage == "infer"
+                else self.cores["other"]
+            )
+        ctl = {
+            "ctl_up": "push+connect:" + self.ipc("ctl-up"),
+            "ctl_down": "sub+connect:" + self.ipc("ctl-down"),
+        }
+        ring_info = {"name": ring.name, "layout": ring.layout.to_dict()} if ring is not None else None
+        ctx = StageContext(
             stage=stage,
             name=name,
-            config=conf,
+            config=cls.Config.pick(conf).to_dict(),
             endpoints={**ctl, **eps},
             ring=ring_info,
-            model=model,
+            model=self.model,
             cpus=own,
+            stream=stream,
+        )
+        return StageProc(
+            ctx,
+            role=decl.role,
+            stream=stream,
+            policy=decl.restart if live or not decl.per_stream else decl.restart_file,
         )
 
-    remote_in, remote_out = (cfg.remote_infer + [None, None])[:2] if cfg.remote_infer else (None, None)
-    stages = [
-        StageProc(
-            ctx("capture", "capture", out="push+bind:" + ipc("frames"), acks="pull+bind:" + ipc("acks"))
-        ),
-        StageProc(
-            ctx(
-                "preprocess",
-                "preprocess",
-                **{
-                    "in": "pull+connect:" + ipc("frames"),
-                    "out": "push+bind:" + ipc("inputs"),
-                    **({"out_remote": remote_in} if remote_in else {}),
-                },
-            )
-        ),
-    ]
-    for i in range(cfg.workers):
-        name = "infer" if cfg.workers == 1 else f"infer-{i + 1}"
-        stages.append(
-            StageProc(
-                ctx(
-                    "infer",
-                    name,
-                    **{"in": "pull+connect:" + ipc("inputs"), "out": "push+connect:" + ipc("results")},
-                )
-            )
+    def shared_stages(self) -> list[StageProc]:
+        cfg = self.cfg
+        pre_eps = {"in": "pull+bind:" + self.ipc("frames"), "out": "push+bind:" + self.ipc("inputs")}
+        if self.remote_in:
+            pre_eps["out_remote"] = self.remote_in
+        stages = [self.proc("preprocess", "preprocess", self.conf, **pre_eps)]
+        for i in range(cfg.workers):
+            name = "infer" if cfg.workers == 1 else f"infer-{i + 1}"
+            # {stream}: one results socket per stream, opened on its first frame
+            eps = {
+                "in": "pull+connect:" + self.ipc("inputs"),
+                "out": "push+connect:" + self.ipc("results-{stream}"),
+            }
+            stages.append(self.proc("infer", name, self.conf, **eps))
+        return stages
+
+    def stream_stages(self, spec, ring) -> list[StageProc]:
+        """A stream's capture and overlay, with its own config (source, sinks, options) and ring."""
+        from stream.commands.run import is_live
+        from stream.streams import stage_name
+
+        scfg = self.cfg.for_stream(spec)
+        conf = json.loads(scfg.to_json())
+        conf["run_dir"] = str(self.run_dir)
+        maps = scfg.wants_maps()
+        if maps and scfg.infer_mode == "tiled":
+            raise ConfigError(f"{', '.join(maps)} maps are not made in tiled mode (--infer-mode)")
+        # what the stream's sinks need from infer besides class ids, asked for in every frame header
+        conf["want"] = [*maps, *(["confidence"] if scfg.wants_confidence() else [])]
+        live = is_live(spec.uri, scfg.live)
+        sid = spec.id
+        cap = self.proc(
+            "capture",
+            stage_name("capture", sid),
+            conf,
+            stream=sid,
+            live=live,
+            ring=ring,
+            out="push+connect:" + self.ipc("frames"),
+            acks="pull+bind:" + self.ipc(f"acks-{sid}"),
         )
-    stages.append(
-        StageProc(
-            ctx(
-                "overlay",
-                "overlay",
-                **{
-                    "in": "pull+bind:" + ipc("results"),
-                    "acks": "push+connect:" + ipc("acks"),
-                    **({"in_remote": remote_out} if remote_out else {}),
-                },
-            )
+        ov_eps = {
+            "in": "pull+bind:" + self.ipc(f"results-{sid}"),
+            "acks": "push+connect:" + self.ipc(f"acks-{sid}"),
+        }
+        if self.remote_out:
+            ov_eps["in_remote"] = self.remote_out
+        ov = self.proc(
+            "overlay", stage_name("overlay", sid), conf, stream=sid, live=live, ring=ring, **ov_eps
         )
-    )
-    return stages
+        return [cap, ov]
+
+
+def build(cfg: PipelineConfig, model: dict[str, Any], run_dir: Path, ring) -> list[StageProc]:
+    """The stages of a one-stream run (``ring``: its ring or None)."""
+    b = Builder(cfg, model, run_dir)
+    return b.shared_stages() + b.stream_stages(cfg.stream_specs()[0], ring)
+
+
+class StreamFactory:
+    """Makes a stream's stages and its ring (sized from its source when that can be probed); for a stream
+    added while the run goes on, first checks it as ``segstream run`` checks its own: the source opens,
+    the sinks can be written, no sink is another stream's, nothing is exposed without consent."""
+
+    def __init__(self, cfg: PipelineConfig, model: dict[str, Any], builder: Builder, insecure: bool) -> None:
+        self.cfg = cfg
+        self.model = model
+        self.builder = builder
+        self.insecure = insecure
+        self.active: dict[str, Any] = {}  # stream id -> StreamSpec
+        self.rings: list = []  # every ring made (closed by the supervisor, or here on a failed start)
+
+    def make(self, spec, info=None, check: bool = False) -> tuple[list[StageProc], Any]:
+        from stream.shm import FrameRing
+
+        scfg = self.cfg.for_stream(spec)
+        if check:
+            from stream.exposure import check_exposure
+            from stream.streams import check_distinct
+            from stream.uri import open_sink
+
+            check_distinct([*self.active.values(), spec])
+            for s in spec.sinks:
+                open_sink(s).preflight()
+            check_exposure(spec.sinks, [], insecure=self.insecure)
+            if info is None:
+                info = probe_source(scfg)
+        elif info is None:
+            info = probe_source(scfg)
+        size = (info.width, info.height) if info is not None and info.width > 0 else None
+        layout = ring_layout(self.cfg, self.model, size) if self.cfg.shm else None
+        ring = FrameRing.create(layout) if layout is not None else None
+        if ring is not None:
+            self.rings.append(ring)
+        try:
+            stages = self.builder.stream_stages(spec, ring)
+        except Exception:
+            if ring is not None:
+                ring.close()
+                self.rings.remove(ring)
+            raise
+        self.active[spec.id] = spec
+        return stages, ring
+
+    def forget(self, sid: str) -> None:
+        self.active.pop(sid, None)
 
 
 def run_pipeline(
@@ -208,38 +318,53 @@ def run_pipeline(
     on_progress=None,
     model: dict[str, Any] | None = None,
     source=None,
+    insecure: bool = False,
 ) -> Outcome:
-    """Run one pipeline to the end (or to Ctrl-C); the run directory and the ring are always removed.
-    ``source`` is ``probe_source``'s SourceInfo when the caller has it (sizes the ring)."""
-    from stream.shm import FrameRing, remove_orphans
+    """Run the pipeline to the end (or to Ctrl-C); the run directory and every ring are always removed.
+    ``source`` is ``probe_source``'s SourceInfo of the first stream when the caller has it (sizes the
+    ring); the other streams' sources are probed here."""
+    from stream.shm import remove_orphans
 
     remove_orphans()  # segments of supervisors that were SIGKILLed before their tracker could run
     remove_orphan_run_dirs()
     model = model or probe_model(cfg)
     run_dir = Path(tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-"))
-    ring = None
+    builder = Builder(cfg, model, run_dir)
+    factory = StreamFactory(cfg, model, builder, insecure)
+    control = None
+    done = False
     try:
-        size = (source.width, source.height) if source is not None and source.width > 0 else None
-        layout = ring_layout(cfg, model, size) if cfg.shm else None
-        if layout is not None:
-            ring = FrameRing.create(layout)
-        stages = build(cfg, model, run_dir, ring)
+        stages = builder.shared_stages()
+        rings = {}
+        for i, spec in enumerate(cfg.stream_specs()):
+            st, ring = factory.make(spec, source if i == 0 else None)
+            stages += st
+            rings[spec.id] = ring
         sup = Supervisor(
             cfg,
             stages,
             run_dir,
             ctl_up="pull+bind:" + f"ipc://{run_dir}/ctl-up",
             ctl_down="pub+bind:" + f"ipc://{run_dir}/ctl-down",
-            ring=ring,
+            rings=rings,
             on_progress=on_progress,
+            factory=factory,
         )
+        if cfg.control:
+            from stream.control import ControlServer, read_token
+
+            control = ControlServer(cfg.control, sup.api_handlers(), read_token(cfg.control_token))
+            sup.control = control
         outcome = sup.run()
-        ring = None  # the supervisor closed (and unlinked) it
+        done = True  # the supervisor closed (and unlinked) every ring it knew
         if not outcome.ok and outcome.failed_stage and not outcome.fatal:
             sp = sup.stages.get(outcome.failed_stage)
             outcome.report["failed_stage_log"] = sup.last_lines(sp) if sp else []
         return outcome
     finally:
-        if ring is not None:
-            ring.close()
+        if not done:
+            if control is not None:
+                control.close()
+            for ring in factory.rings:
+                ring.close()
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -55,6 +55,9 @@ from stream.stages.base import StageContext
 @dataclass
 class StageProc:
     ctx: StageContext
+    role: str = "worker"  # as the stage declares it (stream.stages.base.Declares): source | worker | sink
+    stream: str = ""  # the stream a per-stream stage serves; "" for shared stages
+    policy: str = "restart-and-replay"  # restart | restart-and-replay | fatal
     restartable: bool = True
     proc: StageHandle | None = None
     started: float = 0.0
@@ -84,9 +87,31 @@ class Outcome:
     interrupted: bool = False
     fatal: bool = False  # a user error reported by a stage (bad file, unwritable output)
     files: list[str] = field(default_factory=list)  # video files written (every overlay instance's)
+    failed_streams: dict[str, str] = field(default_factory=dict)  # stream id -> why it ended early
+
+
+@dataclass
+class StreamState:
+    """A stream of the run as the supervisor follows it."""
+
+    id: str
+    ring: Any = None  # its shared-memory ring (the supervisor unlinks it)
+    t_go: float | None = None  # when its source was told to start
+    last_go: float = 0.0
+    done: dict[str, Any] | None = None  # its sink's final report
+    failed: str | None = None  # why it ended early (source gone, a stage that cannot restart)
+    ended_at: float | None = None  # when it was told to stop after failing
+    removing: bool = False  # removed through the control API: drained, then its stages stop
+    last_cmd: float = 0.0  # when it was last told to drain or stop
+    written_before: int = 0  # frames written by sink instances that were restarted
+    files_before: list[str] = field(default_factory=list)
+    final_written: int | None = None  # a removed stream's count, kept when its stages are forgotten
 
 
 class Supervisor:
+    """A watchdog over declared stages: it knows each by its role (source, worker, sink), the stream it
+    serves and its restart policy, never by name."""
+
     def __init__(
         self,
         cfg,
@@ -94,9 +119,11 @@ class Supervisor:
         run_dir: Path,
         ctl_up: str,
         ctl_down: str,
-        ring=None,
+        rings: dict[str, Any] | None = None,
         on_progress: Callable[[RunMetrics, dict[str, Any]], None] | None = None,
         launcher: Launcher | None = None,
+        factory: Any = None,
+        control: Any = None,
     ) -> None:
         from stream import launch
 
@@ -106,25 +133,50 @@ class Supervisor:
         self.run_dir = run_dir
         self.ctl_up_ep = ctl_up
         self.ctl_down_ep = ctl_down
-        self.ring = ring
         self.on_progress = on_progress
+        # makes a stream's stages and ring (stream.pipeline.StreamFactory: add_stream), forgets it again
+        self.factory = factory
+        self.control = control  # stream.control.ControlServer, answered from this loop
+        self.names: dict[str, str] = {sp.name: sp.stream for sp in stages if sp.stream}
         self.metrics = RunMetrics()
         self.info: dict[str, Any] = {}  # latest heartbeat extras by stage
         self.fatal: tuple[str, str] | None = None
-        self.done: dict[str, Any] | None = None
         self.signals = 0
         self.drain_sent = False
-        self.t_go: float | None = None  # when every stage was up and capture was told to start
-        self._last_go = 0.0
+        self.t_go: float | None = None  # when every stage was up and the first source was told to start
         self._last_drain = 0.0
-        # what overlay instances that were restarted wrote (live sources): the summary counts it all
-        self.written_before = 0
-        self.files_before: list[str] = []
+        ids = list(dict.fromkeys(sp.stream for sp in stages if sp.stream))
+        self.streams: dict[str, StreamState] = {
+            sid: StreamState(sid, ring=(rings or {}).get(sid)) for sid in ids
+        }
+        self.multi = len(self.streams) > 1  # one stream: its failure is the run's, as it always was
+        self.retired: dict[str, StreamState] = {}  # streams removed while the run went on
         # remote infer workers: progress watch and re-sends
         self._progress = (-1, 0.0)  # (frames written, when that count was first seen)
         self._resent_at = 0.0
         self._replay_at: float | None = None
         self._told_waiting = False
+
+    # -- the graph as declared ------------------------------------------------------------------
+    def of_stream(self, sid: str, role: str | None = None) -> list[StageProc]:
+        return [sp for sp in self.stages.values() if sp.stream == sid and (role is None or sp.role == role)]
+
+    def shared(self) -> list[StageProc]:
+        return [sp for sp in self.stages.values() if not sp.stream]
+
+    def is_live(self, sid: str | None = None) -> bool:
+        sid = sid if sid is not None else next(iter(self.streams), "")
+        return any(
+            self.info.get(sp.name, {}).get("source", {}).get("live") for sp in self.of_stream(sid, "source")
+        ) or any(sp.policy != "fatal" for sp in self.of_stream(sid))
+
+    @property
+    def done(self) -> dict[str, Any] | None:
+        """Every stream's sink has finished (its last report), or None."""
+        live = [st for st in self.streams.values() if st.failed is None]
+        if not live or any(st.done is None for st in live):
+            return None
+        return {"written": sum(int(st.done.get("written", 0)) for st in live)}
 
     # -- processes ------------------------------------------------------------------------------
     def spawn(self, sp: StageProc) -> None:
@@ -169,23 +221,36 @@ class Supervisor:
             self.metrics.update(name, msg["metrics"])
         if msg.get("extra"):
             self.info[name] = msg["extra"]
-        if kind == "fatal" and self.fatal is None:
-            self.fatal = (name, msg.get("message", "failed"))
-        elif kind == "done":
-            self.done = msg
+        st = self.streams.get(sp.stream) if sp is not None and sp.stream else None
+        if kind == "fatal":
+            if st is not None and self.multi:  # one stream's trouble ends that stream only
+                self.end_stream(st, msg.get("message", "failed"))
+            elif self.fatal is None:
+                self.fatal = (name, msg.get("message", "failed"))
+        elif kind == "done" and st is not None and sp.role == "sink":
+            st.done = msg
+            if msg.get("metrics"):
+                self.metrics.update(name, msg["metrics"])
         elif kind == "notice":  # something the user should see now, not in a log deleted at the end
             print(f"segstream: {msg.get('message', '')}", file=sys.stderr)
         elif kind == "peer_lost":
             self.peer_lost(msg)
         if sp is not None and sp.needs_replay and kind in ("hb", "ready"):
             sp.needs_replay = False
-            self.broadcast("replay", to="capture")
+            self.broadcast("replay", to="role:source")
+
+    def end_stream(self, st: StreamState, why: str) -> None:
+        """A stream that cannot go on: its stages are told to stop (a sink finalizes its outputs)."""
+        if st.failed is not None:
+            return
+        st.failed = why
+        st.ended_at = time.monotonic()
+        print(f"segstream: stream {st.id}: {why}; the other streams go on", file=sys.stderr)
+        for sp in self.of_stream(st.id):
+            self.broadcast("stop", to=sp.name)
 
     def on_signal(self, signum, frame) -> None:
         self.signals += 1
-
-    def is_live(self) -> bool:
-        return bool(self.info.get("capture", {}).get("source", {}).get("live"))
 
     def peer_lost(self, msg: dict[str, Any]) -> None:
         """A remote infer worker's connection dropped: the frames it held went with it (files: re-send)."""
@@ -198,6 +263,110 @@ class Supervisor:
         )
         if not live:  # at most one re-send a second, however many connections drop
             self._replay_at = max(time.monotonic(), self._resent_at + 1.0)
+
+    # -- streams added and removed while the run goes on ------------------------------------------
+    def add_stream(self, spec) -> None:
+        """Start a stream's stages (its ring made by ``make_stream``); it starts once they report in."""
+        from stream.streams import StreamError
+
+        if self.factory is None:
+            raise StreamError("this run cannot add streams")
+        if spec.id in self.streams or spec.id in self.retired:
+            raise StreamError(f"stream '{spec.id}': key 'id' = {spec.id!r}: a stream of this run has that id")
+        if self.drain_sent:
+            raise StreamError("the run is stopping")
+        stages, ring = self.factory.make(spec, check=True)
+        self.streams[spec.id] = StreamState(spec.id, ring=ring)
+        self.multi = True
+        for sp in stages:
+            self.stages[sp.name] = sp
+            self.names[sp.name] = sp.stream
+            self.spawn(sp)
+        print(f"segstream: stream {spec.id} added ({', '.join(spec.sinks)})", file=sys.stderr)
+
+    def remove_stream(self, sid: str) -> None:
+        """Drain a stream (its source stops, what is in flight is written, sinks finalized)."""
+        from stream.streams import StreamError
+
+        st = self.streams.get(sid)
+        if st is None:
+            raise StreamError(f"no stream '{sid}' in this run (streams: {', '.join(self.streams) or 'none'})")
+        if st.removing:
+            raise StreamError(f"stream '{sid}' is already being removed")
+        st.removing = True
+        self.multi = True
+        print(f"segstream: stream {sid} removed: draining it", file=sys.stderr)
+
+    def retire_finished(self) -> None:
+        """Streams whose sink is done or that failed: stop their stages; once those exited, forget them
+        (ring unlinked, shared stages told to drop it) unless the run is ending anyway."""
+        for st in list(self.streams.values()):
+            now = time.monotonic()
+            if now - st.last_cmd < 0.5:
+                continue
+            if st.removing and st.done is None and st.failed is None:
+                st.last_cmd = now  # repeated until the source has it (a SUB may still be joining)
+                for sp in self.of_stream(st.id, "source"):
+                    self.broadcast("drain", to=sp.name)
+            if st.done is None and st.failed is None:
+                continue
+            procs = self.of_stream(st.id)
+            for sp in procs:
+                if sp.proc is not None and sp.proc.poll() is None:
+                    st.last_cmd = now
+                    self.broadcast("stop", to=sp.name)  # e.g. a source that sent its end and waits
+                else:
+                    sp.exited = True
+            if st.removing and all(sp.exited for sp in procs):
+                self.drain_messages()
+                st.final_written = self.written(st)
+                for sp in self.of_stream(st.id, "sink"):
+                    files = self.info.get(sp.name, {}).get("files", [])
+                    st.files_before += [f for f in files if f not in st.files_before]
+                for sp in procs:
+                    self.stages.pop(sp.name, None)
+                if self.factory is not None:
+                    self.factory.forget(st.id)
+                if st.ring is not None:
+                    self.broadcast("forget", stream=st.id, ring=st.ring.name)
+                    st.ring.close()
+                    st.ring = None
+                self.retired[st.id] = self.streams.pop(st.id)
+
+    def list_streams(self) -> list[dict[str, Any]]:
+        """Every stream with its state and counters (the control API's ``list``)."""
+        out = []
+        roles = {sp.name: sp.role for sp in self.stages.values()}
+        for sid, st in [*self.streams.items(), *self.retired.items()]:
+            snap = {}
+            for name, s in self.names.items():
+                if (
+                    s == sid
+                    and roles.get(name, "sink") == "sink"
+                    and self.metrics.stages.get(name, {}).get("latency")
+                ):
+                    snap = self.metrics.stages[name]
+            state = (
+                "failed"
+                if st.failed
+                else "removed"
+                if sid in self.retired
+                else "done"
+                if st.done
+                else "running"
+            )
+            lat = snap.get("latency")
+            out.append(
+                {
+                    "id": sid,
+                    "state": state,
+                    "frames": self.written(st),
+                    "drops": dict(snap.get("drops", {})),
+                    **({"error": st.failed} if st.failed else {}),
+                    **({"latency_ms": RunMetrics.latency_of(lat)} if lat else {}),
+                }
+            )
+        return out
 
     # -- main loop ------------------------------------------------------------------------------
     def run(self) -> Outcome:
@@ -222,14 +391,44 @@ class Supervisor:
                 for s, h in old.items():
                     signal.signal(s, h)
             if outcome is not None:  # the exit reports carry each stage's final counters
-                if self.done is None:  # a failed or cut-short run: what the overlay wrote up to its exit
-                    outcome.frames = self.frames_written()
-                outcome.report = self.metrics.report(outcome.frames, outcome.wall_s)
+                outcome.frames = self.frames_written()
+                outcome.report = self.metrics.report(outcome.frames, outcome.wall_s, self.stream_of())
                 outcome.files = self.files_written()
+                outcome.failed_streams = {
+                    sid: st.failed for sid, st in [*self.streams.items(), *self.retired.items()] if st.failed
+                }
+            if self.control is not None:
+                self.control.close()
             zctx.destroy(linger=0)
-            if self.ring is not None:
-                self.ring.close()
+            for st in [*self.streams.values(), *self.retired.values()]:
+                if st.ring is not None:
+                    st.ring.close()
+                    st.ring = None
         return outcome
+
+    def stream_of(self) -> dict[str, str]:
+        return dict(self.names)  # removed streams' stages included: their counters stay in the report
+
+    def poll_api(self) -> None:
+        if self.control is not None:
+            self.control.poll()
+
+    def api_handlers(self) -> dict[str, Callable[[dict[str, Any]], Any]]:
+        """The control API's commands (stream.control)."""
+        from stream.streams import StreamError, parse
+
+        def add(req: dict[str, Any]) -> dict[str, Any]:
+            self.add_stream(parse(req.get("stream"), "add"))
+            return {}
+
+        def remove(req: dict[str, Any]) -> dict[str, Any]:
+            sid = req.get("id")
+            if not isinstance(sid, str):
+                raise StreamError(f"remove: key 'id' = {sid!r}: must be a stream id")
+            self.remove_stream(sid)
+            return {"draining": True}
+
+        return {"add": add, "remove": remove, "list": lambda req: {"streams": self.list_streams()}}
 
     def watch(self, t0: float) -> Outcome:
         import zmq
@@ -239,30 +438,25 @@ class Supervisor:
         last_progress = 0.0
         drain_deadline = None
         while True:
-            # once the overlay is done only its exit is awaited: look more often than every 100 ms
+            # once every sink is done only their exits are awaited: look more often than every 100 ms
             if poller.poll(100 if self.done is None else 5):
-                while True:
-                    try:
-                        raw = self.up.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    try:
-                        self.handle(json.loads(raw))
-                    except ValueError:
-                        pass
+                self.drain_messages()
             now = time.monotonic()
             if self.signals and self.t_go is None:
                 # not every stage is up: nothing was read yet, so there is nothing to drain or finalize
                 return self.outcome(t0, ok=True, interrupted=True, message="interrupted during start-up")
+            self.poll_api()
             self.maybe_go(now)
             if self.signals and not self.drain_sent:
                 self.drain_sent = True
                 drain_deadline = now + max(10.0, 2 * self.cfg.stall_timeout_s)
-            # repeated until capture has it: PUB drops what a SUB that is still joining has not seen
-            capture_eos = self.info.get("capture", {}).get("eos")
-            if self.drain_sent and not capture_eos and now - self._last_drain >= 0.5:
+            # repeated until every source has it: PUB drops what a SUB that is still joining has not seen
+            if self.drain_sent and now - self._last_drain >= 0.5:
                 self._last_drain = now
-                self.broadcast("drain", to="capture")
+                for st in self.streams.values():
+                    for sp in self.of_stream(st.id, "source"):
+                        if not self.info.get(sp.name, {}).get("eos") and st.failed is None:
+                            self.broadcast("drain", to=sp.name)
             if self.signals >= 2 or (drain_deadline is not None and now > drain_deadline):
                 return self.outcome(
                     t0, ok=True, interrupted=True, message="stopped before the drain finished"
@@ -270,11 +464,15 @@ class Supervisor:
             if self.fatal is not None:
                 name, message = self.fatal
                 return self.outcome(t0, ok=False, failed_stage=name, message=message, fatal=True)
-            overlay = self.stages.get("overlay")
-            if self.done is not None and (overlay is None or overlay.proc.poll() is not None):
+            if not self.streams and self.retired:  # every stream was removed: nothing left to run
                 return self.outcome(t0, ok=True, interrupted=bool(self.signals))
-            if self.done is not None:
-                continue  # overlay finished its sinks and is exiting
+            if self.streams and all(self.finished(st) for st in self.streams.values()):
+                failed = {sid: st.failed for sid, st in self.streams.items() if st.failed}
+                if failed and len(failed) == len(self.streams):  # nothing went on: the run failed
+                    msg = "; ".join(f"stream {sid}: {why}" for sid, why in failed.items())
+                    return self.outcome(t0, ok=False, message=msg, fatal=True)
+                return self.outcome(t0, ok=True, interrupted=bool(self.signals))
+            self.retire_finished()
             failed = self.check_stages(now) or self.watch_remote(now)
             if failed is not None:
                 return failed
@@ -282,23 +480,41 @@ class Supervisor:
                 last_progress = now
                 self.on_progress(self.metrics, self.info)
 
+    def finished(self, st: StreamState) -> bool:
+        """A stream is over once its sink reported done (or it failed) and its sink process exited."""
+        if st.done is None and st.failed is None:
+            return False
+        if st.failed is not None and time.monotonic() - (st.ended_at or 0) > self.cfg.term_grace_s + 3:
+            return True  # told to stop long ago: stop_all reaps what is left
+        return all(sp.proc is None or sp.proc.poll() is not None for sp in self.of_stream(st.id, "sink"))
+
     def maybe_go(self, now: float) -> None:
-        """Tell capture to start once every stage has reported in; repeat it (PUB may miss a late SUB)."""
-        if self.t_go is None:
-            if all(sp.last_seen is not None for sp in self.stages.values()):
-                self.t_go = now
-            else:
-                return
-        if now - self._last_go >= 1.0:
-            self._last_go = now
-            self.broadcast("go", to="capture")
+        """Tell a stream's source to start once its stages and the shared ones have reported in; repeated
+        every second (PUB may miss a late SUB)."""
+        if any(sp.last_seen is None for sp in self.shared()):
+            return
+        for st in self.streams.values():
+            procs = self.of_stream(st.id)
+            if st.t_go is None:
+                if not procs or any(sp.last_seen is None for sp in procs):
+                    continue
+                st.t_go = now
+                if self.t_go is None:
+                    self.t_go = now
+            if now - st.last_go >= 1.0 and not st.removing and st.failed is None:
+                st.last_go = now
+                for sp in self.of_stream(st.id, "source"):
+                    self.broadcast("go", to=sp.name)
 
     def check_stages(self, now: float) -> Outcome | None:
-        for sp in self.stages.values():
+        for sp in list(self.stages.values()):
+            st = self.streams.get(sp.stream) if sp.stream else None
+            if st is not None and (st.done is not None or st.failed is not None):
+                continue  # a finished stream's stages exit on their own (retire_finished)
             if sp.restart_at is not None:
                 if now >= sp.restart_at:
                     self.spawn(sp)
-                    sp.needs_replay = True
+                    sp.needs_replay = sp.policy == "restart-and-replay"
                 continue
             code = sp.proc.poll()
             why = None
@@ -316,6 +532,8 @@ class Supervisor:
                 self.drain_messages()
                 if self.fatal is not None or self.done is not None:
                     return None
+                if st is not None and (st.done is not None or st.failed is not None):
+                    continue
                 why = f"exited with code {code}"
             else:
                 limit = self.cfg.startup_timeout_s if sp.last_seen is None else self.cfg.stall_timeout_s
@@ -342,17 +560,24 @@ class Supervisor:
             pass
 
     def watch_remote(self, now: float) -> Outcome | None:
-        """Remote infer workers: re-send what a vanished worker held; never wait for results forever."""
-        if not self.cfg.remote_infer or self.t_go is None or self.signals:
+        """Remote infer workers (one-stream runs): re-send what a vanished worker held; never wait for
+        results forever."""
+        if not self.cfg.remote_infer or self.t_go is None or self.signals or len(self.streams) != 1:
             return None
-        live = self.is_live()
+        sid = next(iter(self.streams))
+        live = self.is_live(sid)
         if self._replay_at is not None and now >= self._replay_at:
             self._replay_at = None
             self._resent_at = now
-            self.broadcast("replay", to="capture")
-        written = self.written_before + int(self.info.get("overlay", {}).get("written", 0))
-        in_flight = int(self.metrics.stages.get("capture", {}).get("queue_depth", 0))
-        remote = self.info.get("preprocess", {}).get("remote", {})
+            self.broadcast("replay", to="role:source")
+        written = self.written(self.streams[sid])
+        in_flight = sum(
+            int(self.metrics.stages.get(sp.name, {}).get("queue_depth", 0))
+            for sp in self.of_stream(sid, "source")
+        )
+        remote = {}
+        for sp in self.shared():
+            remote = self.info.get(sp.name, {}).get("remote") or remote
         endpoint = remote.get("endpoint", self.cfg.remote_infer[0])
         if remote.get("connected"):
             self._told_waiting = False
@@ -384,7 +609,7 @@ class Supervisor:
                 file=sys.stderr,
             )
             self._resent_at = now
-            self.broadcast("replay", to="capture")
+            self.broadcast("replay", to="role:source")
         return None
 
     def drain_messages(self) -> None:
@@ -403,9 +628,8 @@ class Supervisor:
     def schedule_restart(self, sp: StageProc, why: str, now: float) -> Outcome | None:
         while sp.restarts and now - sp.restarts[0] > self.cfg.restart_window_s:
             sp.restarts.popleft()
-        live = bool(self.info.get("capture", {}).get("source", {}).get("live"))
-        if sp.ctx.stage in ("capture", "overlay") and not live:
-            sp.restartable = False  # a file source cannot resume mid-file into a finished mp4
+        if sp.policy == "fatal":
+            sp.restartable = False  # e.g. a file source cannot resume mid-file into a finished mp4
         if not sp.restartable or len(sp.restarts) >= self.cfg.restart_budget:
             reason = (
                 "cannot be restarted for this source"
@@ -414,38 +638,57 @@ class Supervisor:
                     f"restart budget spent ({len(sp.restarts)} restarts in {self.cfg.restart_window_s:g} s)"
                 )
             )
+            st = self.streams.get(sp.stream) if sp.stream else None
+            if st is not None and self.multi:  # a stream's own stage: that stream ends, the run goes on
+                self.end_stream(st, f"stage {sp.name} {why}; {reason}")
+                return None
             return self.outcome(time.monotonic(), ok=False, failed_stage=sp.name, message=f"{why}; {reason}")
         sp.restarts.append(now)
         self.metrics.restarts[sp.name] = self.metrics.restarts.get(sp.name, 0) + 1
-        if sp.ctx.stage == "overlay":  # what this instance wrote stays written (its own segment file)
-            ov = self.info.pop(sp.name, {})
-            self.written_before += int(ov.get("written", 0))
-            self.files_before += [f for f in ov.get("files", []) if f not in self.files_before]
+        prev = self.info.pop(sp.name, {}) if sp.role == "sink" else self.info.get(sp.name, {})
+        st = self.streams.get(sp.stream)
+        if sp.role == "sink" and st is not None:  # what this instance wrote stays written (its own segment)
+            st.written_before += int(prev.get("written", 0))
+            st.files_before += [f for f in prev.get("files", []) if f not in st.files_before]
         delay = self.cfg.backoff_s * 2 ** (len(sp.restarts) - 1)
         print(f"segstream: stage {sp.name} {why}; restarting in {delay:.1f} s", file=sys.stderr)
         sp.restart_at = now + delay
-        if sp.ctx.stage == "capture":  # continue the seq numbers; the overlay skips the gap
-            sp.ctx.seq_start = int(self.info.get("capture", {}).get("sent", 0)) + self.cfg.slots + 1
+        # a stage that numbers what it sends says where a new instance must continue (a live source:
+        # past every seq the old one may have had in flight; the sink skips the gap)
+        sp.ctx.seq_start = int(prev.get("resume_seq", sp.ctx.seq_start))
         return None
 
+    def written(self, st: StreamState) -> int:
+        if st.final_written is not None:
+            return st.final_written
+        sinks = self.of_stream(st.id, "sink")
+        now = sum(int(self.info.get(sp.name, {}).get("written", 0)) for sp in sinks)
+        if st.done is not None:
+            now = int(st.done.get("written", now))
+        return st.written_before + now
+
     def files_written(self) -> list[str]:
-        files = list(self.files_before)
-        for f in self.info.get("overlay", {}).get("files", []):
-            if f not in files:
-                files.append(f)
+        files: list[str] = []
+        for st in [*self.streams.values(), *self.retired.values()]:
+            files += [f for f in st.files_before if f not in files]
+            for sp in self.of_stream(st.id, "sink"):
+                files += [f for f in self.info.get(sp.name, {}).get("files", []) if f not in files]
         return files
 
     def frames_written(self) -> int:
-        ov = self.info.get("overlay", {})
-        return self.written_before + int((self.done or {}).get("written", ov.get("written", 0)))
+        return sum(self.written(st) for st in [*self.streams.values(), *self.retired.values()])
 
     def outcome(self, t0: float, ok: bool, **kw: Any) -> Outcome:
         frames = self.frames_written()
-        if self.done and self.done.get("metrics"):
-            self.metrics.update("overlay", self.done["metrics"])
         # throughput counts from "go" (all stages up, model loaded), not from process start
         wall = time.monotonic() - (self.t_go if self.t_go is not None else t0)
-        return Outcome(ok=ok, frames=frames, wall_s=wall, report=self.metrics.report(frames, wall), **kw)
+        return Outcome(
+            ok=ok,
+            frames=frames,
+            wall_s=wall,
+            report=self.metrics.report(frames, wall, self.stream_of()),
+            **kw,
+        )
 
     def stop_all(self) -> None:
         """stop -> wait -> SIGTERM -> grace -> SIGKILL; every child is reaped. A stage that never reported

@@ -9,6 +9,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("run", "stream.commands.run"),
     ("batch", "stream.commands.batch"),
     ("worker", "stream.commands.worker"),
+    ("streams", "stream.commands.streams"),
     ("subscribe", "stream.commands.subscribe"),
     ("keys", "stream.commands.keys"),
     ("models", "stream.commands.models"),

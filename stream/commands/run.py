@@ -21,7 +21,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from stream.config import DEFAULT_MODEL, DEFAULT_OUTPUT
 
     p.add_argument(
-        "source", nargs="?", default=None, help="file, webcam:N, rtsp://..., images:DIR, synthetic://"
+        "source",
+        nargs="*",
+        default=[],
+        help="file, webcam:N, rtsp://..., images:DIR, synthetic://; several: one stream each (ids 0, 1, "
+        "...), batched through shared inference",
     )
     p.add_argument(
         "--model", default=None, help=f"model file (.onnx/.engine/.pt; default {DEFAULT_MODEL.name})"
@@ -44,6 +48,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-frames", type=int, default=None, metavar="N")
     p.add_argument("--batch", type=int, default=None, metavar="N", help="max inference batch")
+    p.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=5.0,
+        metavar="MS",
+        help="GPU, file streams: wait at most this long to fill a batch (default 5; live streams never wait)",
+    )
     p.add_argument(
         "--workers",
         type=int,
@@ -120,7 +131,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="FILE",
         help="run configuration (TOML or JSON, keys as in stream.config.PipelineConfig, e.g. written by "
-        "`segstream tune`); options given on the command line override it",
+        "`segstream tune`; [[streams]] tables with id, uri, sinks, live, max_frames for several streams); "
+        "options given on the command line override it",
+    )
+    p.add_argument(
+        "--control",
+        default=None,
+        metavar="ENDPOINT",
+        help="serve the control API here (tcp://127.0.0.1:PORT or ipc://PATH): `segstream streams "
+        "add|remove|list --control ENDPOINT` changes the streams while the run goes on",
+    )
+    p.add_argument(
+        "--control-token",
+        default=None,
+        metavar="FILE",
+        help="every control request must carry the token in FILE (needed to bind --control beyond loopback)",
     )
     p.add_argument(
         "--insecure",
@@ -139,6 +164,7 @@ _ARG_KEYS = {
     "sink": "sinks",
     "max_frames": "max_frames",
     "batch": "batch",
+    "batch_wait_ms": "batch_deadline_ms",
     "workers": "workers",
     "threads": "threads",
     "opacity": "opacity",
@@ -158,6 +184,8 @@ _ARG_KEYS = {
     "tile_overlap": "tile_overlap",
     "adaptive": "adaptive",
     "depth": "depth",
+    "control": "control",
+    "control_token": "control_token",
 }
 _NEGATED = {"no_shm", "no_pin", "no_progress"}
 
@@ -176,6 +204,11 @@ def given_options(args: argparse.Namespace) -> dict:
             v = not v
         elif dest in ("sink", "remote_infer"):
             v = list(v)
+        elif dest == "source":  # several sources: one stream each (stream.streams)
+            if len(v) > 1:
+                out["streams"] = [{"id": str(i), "uri": u} for i, u in enumerate(v)]
+                continue
+            v = v[0]
         out[key] = v
     return out
 
@@ -205,9 +238,20 @@ def config_from_args(args: argparse.Namespace):
     if not d.get("source") and not Path(source).is_file():
         raise SegstreamError(f"no SOURCE given and the bundled clip {source} is missing")
     sinks = list(d.get("sinks") or []) or [DEFAULT_OUTPUT]
-    # what the user left open is filled in for this machine and source kind (stream.cpus)
     live = d.get("live")
-    budget = cpus.budget(is_live(source, live), workers=d.get("workers"), threads=d.get("threads"))
+    streams = d.get("streams") or []
+    if streams:
+        streams = fill_stream_sinks(streams, list(d.get("sinks") or []))
+        d["streams"] = streams
+        # malformed tables are named by PipelineConfig's validation below
+        all_live = all(
+            isinstance(t, dict) and isinstance(t.get("uri"), str) and is_live(t["uri"], t.get("live", live))
+            for t in streams
+        )
+    else:
+        all_live = is_live(source, live)
+    # what the user left open is filled in for this machine and source kind (stream.cpus)
+    budget = cpus.budget(all_live, workers=d.get("workers"), threads=d.get("threads"))
     d.update(source=source, model=model, sinks=sinks, workers=budget.workers, threads=budget.threads)
     if d.get("adaptive") and d.get("batch") is None:
         d["batch"] = 1  # frames of different sizes never share a batch
@@ -234,6 +278,19 @@ def check_adaptive(cfg, model: dict) -> None:
             f"config key 'adaptive' = True: {cfg.model} takes {w}x{h} only (exported with fixed H/W); "
             "export it with dynamic H/W (the default of `segstream export`) to adapt its input size"
         )
+
+
+def fill_stream_sinks(streams: list, run_sinks: list[str]) -> list:
+    """A stream without sinks of its own gets the run's --sink specs, else segstream-out-ID.mp4; ``{stream}``
+    in a spec is the stream id (stream.streams checks that no two streams share a sink)."""
+    from stream.streams import MULTI_DEFAULT_SINK
+
+    out = []
+    for t in streams:
+        if isinstance(t, dict) and "sinks" not in t:
+            t = {**t, "sinks": list(run_sinks) or [MULTI_DEFAULT_SINK]}
+        out.append(t)
+    return out
 
 
 def is_live(source: str, live_flag: bool | None) -> bool:
@@ -266,12 +323,13 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
 
-        src = info.get("capture", {}).get("source", {})
-        ov = info.get("overlay", {})
-        written = ov.get("written", 0)
+        # every stream's source and sink (stream 0's are "capture"/"overlay", others "capture@ID", ...)
+        srcs = [v.get("source", {}) for k, v in info.items() if k.split("@")[0] == "capture"]
+        src = srcs[0] if len(srcs) == 1 else {"live": any(s.get("live") for s in srcs), "total": None}
+        written = sum(v.get("written", 0) for k, v in info.items() if k.split("@")[0] == "overlay")
         lat = metrics.latency().summary_ms()
         drops = sum(metrics.drops().values())
-        fps = metrics.stages.get("overlay", {}).get("fps", 0.0)
+        fps = sum(s.get("fps", 0.0) for k, s in metrics.stages.items() if k.split("@")[0] == "overlay")
         status = f"{fps:5.1f} fps  p50 {lat['p50']:.0f} ms  p99 {lat['p99']:.0f} ms  drops {drops}"
         if self.bar is None:
             live = src.get("live", False)
@@ -301,7 +359,7 @@ def written_files(cfg, out) -> list:
 
     files = [Path(f).resolve() for f in out.files]
     if out.frames > 0:
-        for s in cfg.sinks:
+        for s in [s for spec in cfg.stream_specs() for s in spec.sinks]:
             if s.startswith("images:"):
                 files.append(Path(s.split("?", 1)[0].removeprefix("images:").removeprefix("//")).resolve())
     return [f for f in files if f.exists()]
@@ -310,27 +368,42 @@ def written_files(cfg, out) -> list:
 def run(args: argparse.Namespace) -> int:
     import json
 
+    from engines.errors import SegstreamError
     from stream.pipeline import probe_model, probe_source, run_pipeline
     from stream.uri import open_sink
 
     cfg = config_from_args(args)
     # URI, option, missing-input and unwritable-output errors now, before the model loads or any process
     # starts (a file source is opened and closed once; its frame size sizes the ring)
-    source = probe_source(cfg)
-    for s in cfg.sinks:
-        open_sink(s).preflight()
+    specs = cfg.stream_specs()
+    sources = []
+    for spec in specs:
+        try:
+            sources.append(probe_source(cfg.for_stream(spec)))
+            for s in spec.sinks:
+                open_sink(s).preflight()
+        except SegstreamError as e:
+            if len(specs) == 1:
+                raise
+            raise SegstreamError(f"stream '{spec.id}': {e}") from None
+    source = sources[0]
+    all_sinks = [s for spec in specs for s in spec.sinks]
     from stream.exposure import check_exposure
 
     # on the user's terminal before stages start: the stages' own output goes to their log files
-    for line in check_exposure(cfg.sinks, cfg.remote_infer, insecure=args.insecure):
+    for line in check_exposure(all_sinks, cfg.remote_infer, insecure=args.insecure):
         print(f"segstream: {line}", file=sys.stderr)
+    if cfg.control:
+        from stream.control import check_endpoint, read_token
+
+        check_endpoint(cfg.control, read_token(cfg.control_token), args.insecure)
     model = probe_model(cfg)
     check_depth(cfg, model)
     if cfg.adaptive:
         check_adaptive(cfg, model)
     progress = Progress(cfg.progress)
     try:
-        out = run_pipeline(cfg, on_progress=progress, model=model, source=source)
+        out = run_pipeline(cfg, on_progress=progress, model=model, source=source, insecure=args.insecure)
     finally:
         progress.stop()
     rep = out.report
@@ -369,6 +442,14 @@ def run(args: argparse.Namespace) -> int:
                 f"stream {sid} ({link.get('uri', '?')}): {link['reconnects']} reconnect(s), "
                 f"{link['outages']} outage(s), {link['outage_s']:.1f} s without a stream"
             )
+    if len(rep.get("stream_stats", {})) > 1 or out.failed_streams:
+        for sid, st in rep.get("stream_stats", {}).items():
+            sl = st.get("latency_ms", {})
+            print(
+                f"stream {sid}: {st.get('frames', 0)} frames, {st.get('fps', 0.0):.1f} fps; latency p50 "
+                f"{sl.get('p50', 0.0):.1f} ms, p99 {sl.get('p99', 0.0):.1f} ms"
+                + (f"; drops {sum(st['drops'].values())}" if st.get("drops") else "")
+            )
     if drops:
         print("drops: " + ", ".join(f"{k} {v}" for k, v in sorted(drops.items())))
     if rep["restarts"]:
@@ -382,4 +463,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     if out.interrupted:
         print("interrupted: stopped early, outputs finalized", file=sys.stderr)
+    if out.failed_streams:  # the others went on; what the failed ones wrote is kept
+        for sid, why in sorted(out.failed_streams.items()):
+            print(f"segstream run: error: stream {sid}: {why}", file=sys.stderr)
+        return 2
     return 0

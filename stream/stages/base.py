@@ -22,7 +22,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from engines.errors import SegstreamError
@@ -40,13 +40,46 @@ def tune_process() -> None:
         sys.modules["cv2"].setNumThreads(helper_threads())
 
 
+@dataclass(frozen=True)
+class Declares:
+    """What a stage is to the graph: the supervisor knows stages only by this, never by name."""
+
+    role: str  # source (starts a stream's frames), worker (shared by every stream), sink (ends a stream)
+    per_stream: bool  # one instance per stream (capture, overlay) or shared by all (preprocess, infer)
+    consumes: tuple[str, ...]  # the wires it reads
+    produces: tuple[str, ...]  # the wires it writes
+    restart: str  # live streams: restart | restart-and-replay | fatal (fatal to its stream when per_stream)
+    restart_file: str  # file streams (lossless): the same choices
+
+
+RESTART_POLICIES = ("restart", "restart-and-replay", "fatal")
+
+
+@dataclass
+class StageConfig:
+    """The run settings every stage reads. Each stage's ``Config`` adds the few it needs, and its context
+    carries only those (the pipeline picks them from the run's validated PipelineConfig)."""
+
+    heartbeat_s: float = 0.5
+    run_dir: str | None = None  # where ipc sockets and stage logs live
+
+    @classmethod
+    def pick(cls, d: dict[str, Any]) -> StageConfig:
+        """The keys of ``d`` this config has (a whole run config may be given: the rest is not ours)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @dataclass
 class StageContext:
     """Everything a stage needs from the supervisor (JSON-serializable)."""
 
     stage: str  # capture | preprocess | infer | overlay
     name: str  # instance name, e.g. infer-1
-    config: dict[str, Any]  # PipelineConfig as dict
+    config: dict[str, Any]  # the stage's Config as a dict (its own keys of the run's PipelineConfig)
     endpoints: dict[str, str] = field(default_factory=dict)  # role -> endpoint string
     ring: dict[str, Any] | None = None  # {"name": ..., "layout": {...}} or None (no shm)
     model: dict[str, Any] | None = None  # {"meta": json, "wants_uint8": bool, "max_batch": int}
@@ -54,6 +87,7 @@ class StageContext:
     seq_start: int = 0  # capture: first seq (a restarted live capture continues past the old ones)
     cpus: list[int] | None = None  # processors this stage may use (stream.cpus); None: any
     instance: int = 0  # how many instances of this stage ran before this one (0: first start)
+    stream: str = "0"  # capture/overlay: the stream this instance serves ("" for shared stages)
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -79,15 +113,16 @@ class Stage:
     """Base loop helper; subclasses implement ``setup``, ``step`` and ``teardown``."""
 
     stage = "?"
+    declares: Declares
+    Config: type[StageConfig] = StageConfig
 
     def __init__(self, ctx: StageContext) -> None:
         import zmq
 
-        from stream.config import PipelineConfig
         from stream.cpus import pin
 
         self.ctx = ctx
-        self.cfg = PipelineConfig.from_dict(ctx.config)
+        self.cfg = self.Config.pick(ctx.config)
         pin(ctx.cpus)
         self.metrics = StageMetrics(ctx.name)
         self.zctx = zmq.Context.instance()
@@ -114,6 +149,33 @@ class Stage:
             from stream.shm import FrameRing, RingLayout
 
             self.ring = FrameRing.attach(self.ctx.ring["name"], RingLayout(**self.ctx.ring["layout"]))
+
+    def ring_for(self, hdr):
+        """The ring holding a frame's pixels: the one the header names (a shared stage serves every
+        stream's ring, attached on first sight and kept), else this stage's own. Raises HeaderError for a
+        ring that cannot be attached (the message is then counted and dropped, not fatal)."""
+        if not hdr.ring or (self.ring is not None and self.ring.name == hdr.ring[0]):
+            return self.ring
+        if not getattr(self, "attach_rings", True):  # input from another host: it names no ring of ours
+            return None
+        rings = self.__dict__.setdefault("_rings", {})
+        ring = rings.get(hdr.ring[0])
+        if ring is None:
+            from stream.headers import HeaderError
+            from stream.shm import FrameRing, RingLayout, ShmError
+
+            try:
+                ring = FrameRing.attach(hdr.ring[0], RingLayout(*hdr.ring[1:]))
+            except ShmError as e:
+                raise HeaderError(f"seq {hdr.seq} of stream {hdr.stream}: {e}") from None
+            rings[hdr.ring[0]] = ring
+        return ring
+
+    def forget_ring(self, name: str) -> None:
+        """Detach a removed stream's ring (its owner unlinked it; the mapping goes with this close)."""
+        ring = self.__dict__.get("_rings", {}).pop(name, None)
+        if ring is not None:
+            ring.close()
 
     def report(self, kind: str, **data: Any) -> None:
         if self.ctl_up is None:
@@ -187,8 +249,11 @@ class Stage:
                 cmd = json.loads(raw)
             except ValueError:
                 continue
+            # to: None (everyone), an instance name, or "role:ROLE"; never the stage kind, which stream 0's
+            # instances share as their names ("overlay" must not reach overlay@cam1)
             target = cmd.get("to")
-            if target in (None, self.ctx.stage, self.ctx.name):
+            role = "role:" + self.declares.role if hasattr(self, "declares") else None
+            if target in (None, self.ctx.name, role):
                 cmds.append(cmd)
         for cmd in cmds:
             if cmd.get("cmd") == "stop":
@@ -279,6 +344,8 @@ class Stage:
                 self.report("exit", metrics=self.metrics.snapshot(), extra=self.heartbeat_extra())
                 if self.ring is not None:
                     self.ring.close()
+                for ring in self.__dict__.get("_rings", {}).values():
+                    ring.close()
                 if self.ctl_up is not None:
                     self.ctl_up.close(linger=500)  # let the exit/fatal report reach the supervisor
                 self.zctx.destroy(linger=0)

@@ -7,7 +7,7 @@ count a frame as dropped when no slot is free (newest wins, latency stays bounde
 After an infer/preprocess restart the supervisor sends ``replay``: every unacknowledged frame (its
 pixels are still in its slot) is sent again, and so is EOS; the overlay stage discards duplicates.
 
-Live sources: every frame header also carries the source's link counters (``extra.link``: reconnects,
+Live sources: every frame header also carries the source's link counters (``FrameHeader.link``: reconnects,
 outages, seconds of outage, down) for the mask header and the live view, and the camera's own capture
 time when the source knows it (``ts.camera``, RTSP), from which the overlay measures glass-to-output
 latency. Whatever leaves this stage that names the source goes through ``stream.redact``.
@@ -16,16 +16,31 @@ latency. Whatever leaves this stage that names the source goes through ``stream.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from stream import headers as H
 from stream.redact import redact
-from stream.stages.base import Stage
+from stream.stages.base import Declares, Stage, StageConfig
+
+
+@dataclass
+class CaptureConfig(StageConfig):
+    source: str = ""
+    live: bool | None = None  # None: as the source says
+    max_frames: int | None = None
+    slots: int = 8
+    reorder_timeout_s: float = 0.5
+    want: list[str] = field(default_factory=list)  # maps this stream's sinks need (FrameHeader.want)
+    depth: str | None = None  # RGB-D: folder of 16-bit depth PNGs paired with the frames by index
 
 
 class CaptureStage(Stage):
     stage = "capture"
+    # a live capture reopens its source; a file's cannot resume mid-file
+    declares = Declares("source", True, ("acks",), ("frames",), "restart", "fatal")
+    Config = CaptureConfig
 
     def setup(self) -> None:
         import zmq
@@ -68,6 +83,12 @@ class CaptureStage(Stage):
             "uri": redact(self.info.uri),
         }
         self.zmq = zmq
+        self.stream = self.ctx.stream
+        self.ring_ref = (
+            (self.ring.name, *self.ring.layout.to_dict().values()) if self.ring is not None else ()
+        )
+        # what this stream's sinks need from infer besides class ids: carried in every header
+        self.want = tuple(self.cfg.want)
         # frames wait until every stage is up (model loaded): start-up is not latency, and a live
         # source would only drop frames meanwhile. Standalone (no supervisor): go at once.
         self.go = self.ctl_down is None
@@ -85,6 +106,8 @@ class CaptureStage(Stage):
         return {
             "source": self.src_info,
             "sent": self.seq,
+            # where a restarted capture continues: past every seq this one may have had in flight
+            "resume_seq": self.seq + self.cfg.slots + 1,
             "eos": self.eos_sent,
             "decode_errors": st.decode_errors,
             "reconnects": st.reconnects,
@@ -147,7 +170,9 @@ class CaptureStage(Stage):
                 self.pending.append(msg)
         if self.eos_sent:
             self.pending.append(
-                H.encode(H.FrameHeader(kind=H.EOS, seq=self.seq, ts={"capture": time.time()}))
+                H.encode(
+                    H.FrameHeader(kind=H.EOS, stream=self.stream, seq=self.seq, ts={"capture": time.time()})
+                )
             )
         self.metrics.extra["replays"] = self.metrics.extra.get("replays", 0) + 1
         self.flush()
@@ -157,8 +182,8 @@ class CaptureStage(Stage):
         self.poller.poll(int(timeout_s * 1000))
 
     def finish(self) -> None:
-        hdr = H.FrameHeader(kind=H.EOS, seq=self.seq, ts={"capture": time.time()})
-        hdr.extra["src"] = self.src_info
+        hdr = H.FrameHeader(kind=H.EOS, stream=self.stream, seq=self.seq, ts={"capture": time.time()})
+        hdr.source = self.src_info
         self.send(H.encode(hdr))
         self.eos_sent = True
         self.source.close()
@@ -182,7 +207,11 @@ class CaptureStage(Stage):
         for line in self.source.take_notices():  # reconnect attempts, a truncated file: to the terminal
             self.report("notice", message=redact(line))
         if self.live:  # per stream in --stats-json, also while no frame comes (an outage)
-            self.metrics.source = {"stream": "0", "uri": self.src_info["uri"], **self.source.stats.link()}
+            self.metrics.source = {
+                "stream": self.stream,
+                "uri": self.src_info["uri"],
+                **self.source.stats.link(),
+            }
         if self.eos_sent:
             self.report_source_failure()
             self.wait(self.cfg.heartbeat_s)
@@ -222,13 +251,21 @@ class CaptureStage(Stage):
             self.emit(frame.image, frame.index, frame.timestamp or time.time(), frame.camera_time)
 
     def emit(self, image: np.ndarray, index: int, t_capture: float, camera_time: float | None = None) -> None:
-        hdr = H.FrameHeader(seq=self.seq, index=index, shape=tuple(image.shape), dtype=str(image.dtype))
+        hdr = H.FrameHeader(
+            stream=self.stream,
+            seq=self.seq,
+            index=index,
+            shape=tuple(image.shape),
+            dtype=str(image.dtype),
+            ring=self.ring_ref,
+            want=self.want,
+        )
         hdr.ts["source"] = t_capture
         if camera_time is not None:
             hdr.ts["camera"] = camera_time
-        hdr.extra["src"] = self.src_info
+        hdr.source = self.src_info
         if self.live:
-            hdr.extra["link"] = self.source.stats.link()
+            hdr.link = self.source.stats.link()
         # RGB-D: the depth image of this frame index rides inline beside the frame; without one the frame
         # cannot be fed to the model and is counted as unpaired
         parts = {}

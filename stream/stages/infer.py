@@ -9,34 +9,55 @@ the overlay stage puts frames back in seq order.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from stream import headers as H
-from stream.stages.base import Stage
+from stream.shm import ShmError
+from stream.stages.base import Declares, Stage, StageConfig
+
+
+@dataclass
+class InferConfig(StageConfig):
+    model: str = ""
+    device: str = "auto"
+    threads: int | None = None
+    batch: int | None = None  # None: the model's max batch
+    batch_deadline_ms: float = 5.0
+    infer_mode: str = "scaled"
 
 
 class InferStage(Stage):
     stage = "infer"
+    # restarted; frames it held are replayed by file captures (lossless)
+    declares = Declares(
+        "worker", False, ("inputs",), ("results",), "restart-and-replay", "restart-and-replay"
+    )
+    Config = InferConfig
 
     def setup(self) -> None:
         import zmq
 
         from engines.runtime import backend_for, load
-        from stream.transport import open_socket
+        from stream.transport import open_socket, parse_endpoint
 
         # ONNX Runtime threads that spin steal the cores the other stages need (FACTS.md)
         opts = {"spin": False} if backend_for(self.cfg.model) == "onnxruntime" else {}
         self.runtime = load(self.cfg.model, device=self.cfg.device, threads=self.cfg.threads, **opts)
         self.max_batch = max(1, min(self.cfg.batch or self.runtime.max_batch, self.runtime.max_batch))
-        self.confidence = self.cfg.wants_confidence()
-        self.maps = self.cfg.wants_maps()  # entropy/margin: from the logits, only when a sink asks
-        if self.maps and self.cfg.infer_mode == "tiled":
-            from engines.errors import SegstreamError
+        # what a frame asks for (confidence, entropy, margin) comes in its header (capture sets it from
+        # the stream's sinks): a remote worker, which knows no sink, computes the same as a local one
+        from stream.stages.preprocess import feed_hwm
 
-            raise SegstreamError(f"{', '.join(self.maps)} maps are not made in tiled mode (--infer-mode)")
-        self.inp = open_socket(self.zctx, self.ctx.endpoints["in"])
-        self.out = open_socket(self.zctx, self.ctx.endpoints["out"])
+        # short: what waits for a worker waits in preprocess, where it is scheduled fairly across streams
+        self.inp = open_socket(self.zctx, self.ctx.endpoints["in"], hwm=feed_hwm(self.cfg, self.ctx.model))
+        self.attach_rings = parse_endpoint(self.ctx.endpoints["in"]).is_local
+        # results go to the overlay of the frame's stream: an endpoint with {stream} is one socket per
+        # stream, connected on the stream's first frame (streams come and go while the run goes on)
+        self.out_spec = self.ctx.endpoints["out"]
+        self.outs: dict[str, object] = {}
+        self.out = None if "{stream}" in self.out_spec else open_socket(self.zctx, self.out_spec)
         self.poller = zmq.Poller()
         self.poller.register(self.inp, zmq.POLLIN)
         self.zmq = zmq
@@ -65,12 +86,6 @@ class InferStage(Stage):
             extra["tiles"] = self.tiles
         return extra
 
-    def _recv(self):
-        try:
-            return H.decode(self.inp.recv_multipart(self.zmq.NOBLOCK, copy=False))
-        except self.zmq.Again:
-            return None
-
     def gather(self) -> list:
         if not self.poller.poll(int(self.cfg.heartbeat_s * 1000)):
             return []
@@ -81,7 +96,7 @@ class InferStage(Stage):
             if item is None:
                 if not batch or self.max_batch == 1:
                     break
-                live = bool(batch[0][0].extra.get("src", {}).get("live"))
+                live = bool(batch[0][0].source.get("live"))
                 if live or self.cfg.batch_deadline_ms <= 0 or self.runtime.device == "cpu":
                     # live: what is ready goes now; waiting only adds latency. CPU: a batch costs the same
                     # per frame as single frames, so batch only what is already queued (infer behind)
@@ -94,18 +109,81 @@ class InferStage(Stage):
                 continue
             hdr, arrays = item
             if hdr.kind != H.FRAME:
-                self.send_out(H.encode(hdr, {k: v for k, v in arrays.items() if k == "frame"}))
+                self.emit(hdr, H.encode(hdr, {k: v for k, v in arrays.items() if k == "frame"}))
                 continue
-            batch.append(item)
+            try:
+                x = self.input_of(hdr, arrays)
+            except (H.HeaderError, ShmError, ValueError) as e:
+                self.malformed(str(e))
+                continue
+            batch.append((hdr, arrays, x))
         return batch
+
+    def _recv(self):
+        try:
+            frames = self.inp.recv_multipart(self.zmq.NOBLOCK, copy=False)
+        except self.zmq.Again:
+            return None
+        try:
+            return H.decode(frames)
+        except H.HeaderError as e:  # the inputs port may be tcp: anything may arrive there
+            self.malformed(str(e))
+            return self._recv()
+
+    def malformed(self, why: str) -> None:
+        """A message that is no frame of ours: counted, logged (the first few), dropped; the run goes on."""
+        n = self.metrics.extra["malformed"] = self.metrics.extra.get("malformed", 0) + 1
+        if n <= 5:
+            print(f"{self.ctx.name}: dropped a malformed message: {why}", flush=True)
+
+    def emit(self, hdr: H.FrameHeader, msg: list) -> None:
+        """Send a result to its stream's overlay (one socket per stream, or the one --out of a worker)."""
+        if self.out_spec and "{stream}" in self.out_spec:
+            from stream.streams import ID_RE
+            from stream.transport import open_socket
+
+            sock = self.outs.get(hdr.stream)
+            if sock is None:
+                if not ID_RE.match(hdr.stream):
+                    self.malformed(f"stream id {hdr.stream[:40]!r} is not a stream of this run")
+                    return
+                sock = self.outs[hdr.stream] = open_socket(
+                    self.zctx, self.out_spec.replace("{stream}", hdr.stream)
+                )
+            # credits keep a live overlay's queue far below the HWM: a send that does not go through for
+            # a while means that stream's overlay is gone (ended, restarting); its frames must not hold up
+            # every other stream's
+            end = time.monotonic() + 2.0
+            while not self.stopping:
+                try:
+                    sock.send_multipart(msg, self.zmq.NOBLOCK, copy=False)
+                    return
+                except self.zmq.Again:
+                    if time.monotonic() > end:
+                        self.metrics.drop("undeliverable")
+                        return
+                    time.sleep(0.002)
+                    self.heartbeat()
+                    self.poll_control()
+            return
+        self.send_out(msg)
+
+    def on_command(self, cmd) -> None:
+        if cmd.get("cmd") == "forget":  # a stream was removed: drop its socket and ring
+            sock = self.outs.pop(str(cmd.get("stream")), None)
+            if sock is not None:
+                sock.close(0)
+            if cmd.get("ring"):
+                self.forget_ring(str(cmd["ring"]))
 
     def input_of(self, hdr: H.FrameHeader, arrays: dict) -> np.ndarray:
         if "input" in arrays:
             return arrays["input"]
-        if self.ring is None or "in" not in hdr.extra:
+        ring = self.ring_for(hdr)
+        if ring is None or not hdr.input:
             raise H.HeaderError(f"seq {hdr.seq}: no model input (no slot, nothing inline)")
-        shape, dtype = hdr.extra["in"]
-        return self.ring.view(hdr.slot, "input", tuple(shape), dtype)
+        shape, dtype = hdr.input
+        return ring.view(hdr.slot, "input", tuple(shape), dtype)
 
     def step(self) -> None:
         batch = self.gather()
@@ -114,9 +192,14 @@ class InferStage(Stage):
         with self.metrics.busy():
             self.metrics.frames_in += len(batch)
             self.metrics.queue_depth = len(batch)
-            inputs = [self.input_of(h, a) for h, a in batch]
+            inputs = [x for _, _, x in batch]
+            batch = [(h, a) for h, a, _ in batch]
+            # what any frame of the batch asks for is made for the batch; each frame gets what it asked
+            want = {w for h, _ in batch for w in h.want}
+            self.confidence = "confidence" in want
+            self.maps = tuple(sorted(want - {"confidence"}))
             maps: dict = {}
-            overlap = batch[0][0].extra.get("tiles")  # set by preprocess for a tiled run's frames
+            overlap = batch[0][0].tiles  # set by preprocess for a tiled run's frames
             if overlap is not None:
                 ids, conf = self.run_tiled(batch, inputs, float(overlap))
             else:
@@ -130,15 +213,16 @@ class InferStage(Stage):
                 self.batches += 1
             for i, (hdr, arrays) in enumerate(batch):
                 hdr.stamp("infer")
-                hdr.extra.pop("in", None)
+                hdr.input = ()
                 parts = {"mask": ids[i]}
-                if conf is not None:
+                if conf is not None and "confidence" in hdr.want:
                     parts["confidence"] = conf[i]
                 for name, m in maps.items():
-                    parts[name] = m[i]
+                    if name in hdr.want:
+                        parts[name] = m[i]
                 if "frame" in arrays:  # no ring: the frame rides along to the overlay stage
                     parts["frame"] = arrays["frame"]
-                self.send_out(H.encode(hdr, parts))
+                self.emit(hdr, H.encode(hdr, parts))
                 self.metrics.frames_out += 1
 
     def run_tiled(self, batch: list, inputs: list[np.ndarray], overlap: float) -> tuple[list, list | None]:

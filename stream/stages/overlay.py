@@ -13,11 +13,23 @@ on every exit path, so an mp4 is finalized even on stop or SIGTERM.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from stream import headers as H
-from stream.stages.base import Stage
+from stream.stages.base import Declares, Stage, StageConfig
+
+
+@dataclass
+class OverlayConfig(StageConfig):
+    sinks: list[str] = field(default_factory=list)
+    opacity: float = 0.5
+    legend: bool = False
+    shade_uncertain: float | None = None
+    slots: int = 8
+    reorder_timeout_s: float = 0.5
+    lost_timeout_s: float = 60.0
 
 
 def colorize_blend(frame: np.ndarray, mask: np.ndarray, lut: np.ndarray, opacity: float) -> np.ndarray:
@@ -63,6 +75,9 @@ class LiveStats:
 
 class OverlayStage(Stage):
     stage = "overlay"
+    # a live stream's overlay restarts (next segment file); a finished mp4 cannot be resumed
+    declares = Declares("sink", True, ("results",), ("acks", "outputs"), "restart", "fatal")
+    Config = OverlayConfig
 
     def setup(self) -> None:
         import zmq
@@ -124,7 +139,7 @@ class OverlayStage(Stage):
     def open_sinks(self, hdr: H.FrameHeader) -> None:
         from stream.sinks.base import StreamInfo
 
-        src = hdr.extra.get("src", {})
+        src = hdr.source
         h, w = hdr.shape[:2] if hdr.shape else (src.get("h", 0), src.get("w", 0))
         info = StreamInfo(
             stream_id=hdr.stream,
@@ -165,12 +180,8 @@ class OverlayStage(Stage):
         """Why a decoded message cannot be a result of this pipeline (None when it can)."""
         if hdr.kind not in (H.FRAME, H.EOS):
             return None  # ignored below
-        src = hdr.extra.get("src", {})
-        if not isinstance(src, dict) or not all(
-            src.get(k) is None or (isinstance(src[k], (int, float)) and not isinstance(src[k], bool))
-            for k in ("w", "h", "fps", "total")
-        ):
-            return f"seq {hdr.seq}: source info is not an object of numbers"
+        if hdr.stream != self.ctx.stream:
+            return f"seq {hdr.seq}: stream {hdr.stream[:40]!r} is not this overlay's ({self.ctx.stream})"
         # capture never has more than the ring's frames in flight (a restarted live capture jumps that
         # far again): a seq further ahead is no frame of ours, and skipping up to it would walk a huge gap
         window = 4 * max(self.cfg.slots, 16)
@@ -210,8 +221,8 @@ class OverlayStage(Stage):
             if why is not None:
                 self.malformed(why)
                 continue
-            if hdr.extra.get("src"):
-                self.src = hdr.extra["src"]
+            if hdr.source:
+                self.src = hdr.source
                 self.live = bool(self.src.get("live"))
             if hdr.kind in (H.FRAME, H.EOS) and self.live and self.joining():
                 self.next_seq = hdr.seq

@@ -7,8 +7,28 @@ device (``wants_uint8``) get resized uint8 frames, four times fewer bytes than f
 
 from __future__ import annotations
 
+from collections import deque
+from dataclasses import dataclass, field
+
 from stream import headers as H
-from stream.stages.base import Stage
+from stream.stages.base import Declares, Stage, StageConfig
+
+
+@dataclass
+class PreprocessConfig(StageConfig):
+    batch: int | None = None
+    remote_infer: list[str] = field(default_factory=list)  # workers elsewhere: inputs travel inline
+    infer_mode: str = "scaled"
+    infer_scale: float = 1.0
+    tile_overlap: float = 0.25
+    adaptive: bool = False
+
+
+def feed_hwm(cfg, model: dict | None) -> int:
+    """Messages queued per infer worker connection, each side (a connection holds about twice this): enough
+    for the batches asked for with --batch, else 1 (the CPU batches only what is queued anyway, and every
+    frame queued past preprocess is one a live stream waits behind)."""
+    return max(1, min(-(-(cfg.batch or 1) // 2), 16))
 
 
 def frame_of(ring, hdr: H.FrameHeader, arrays: dict):
@@ -22,6 +42,9 @@ def frame_of(ring, hdr: H.FrameHeader, arrays: dict):
 
 class PreprocessStage(Stage):
     stage = "preprocess"
+    # restarted; frames it held are replayed by file captures (lossless)
+    declares = Declares("worker", False, ("frames",), ("inputs",), "restart-and-replay", "restart-and-replay")
+    Config = PreprocessConfig
 
     def setup(self) -> None:
         import zmq
@@ -32,7 +55,12 @@ class PreprocessStage(Stage):
         self.meta = ModelMeta.from_json(self.ctx.model["meta"])
         self.uint8 = bool(self.ctx.model.get("wants_uint8", False))
         self.inp = open_socket(self.zctx, self.ctx.endpoints["in"])
-        self.out = open_socket(self.zctx, self.ctx.endpoints["out"])
+        # a short queue to the infer workers: frames wait here instead, in one queue per stream, and go
+        # out round-robin across streams as a worker has room (a fast file cannot starve a live camera)
+        self.out = open_socket(self.zctx, self.ctx.endpoints["out"], hwm=feed_hwm(self.cfg, self.ctx.model))
+        self.queues: dict[str, deque] = {}
+        self.queued = 0
+        self.last_fed = ""
         self.monitor = None
         self.remote: dict | None = None
         self._peers: set[int] = set()  # tcp connections (by fd) of the remote infer workers
@@ -46,7 +74,7 @@ class PreprocessStage(Stage):
             self.out.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
             self.out.bind(address)
             self.remote = {"endpoint": address, "connected": 0, "lost": 0}
-        self.inline = bool(self.cfg.remote_infer) or self.ring is None
+        self.inline = bool(self.cfg.remote_infer)
         self.adaptive = None
         if self.cfg.adaptive:  # live sources: input size follows the drops (stream.adaptive)
             from stream.adaptive import AdaptiveInput
@@ -54,6 +82,12 @@ class PreprocessStage(Stage):
             self.adaptive = AdaptiveInput(self.meta)
         self.poller = zmq.Poller()
         self.poller.register(self.inp, zmq.POLLIN)
+        self.feed_poller = zmq.Poller()  # with frames queued: wake on input, on room downstream, on control
+        self.feed_poller.register(self.inp, zmq.POLLIN)
+        self.feed_poller.register(self.out, zmq.POLLOUT)
+        if self.ctl_down is not None:
+            self.feed_poller.register(self.ctl_down, zmq.POLLIN)
+        self.zmq = zmq
         self.warm_up()
 
     def warm_up(self) -> None:
@@ -71,6 +105,10 @@ class PreprocessStage(Stage):
             prepare_rgbd([blank], [np.zeros(blank.shape[:2], np.uint16)], self.meta)
             return
         prepare_batch([blank], self.meta, uint8=self.uint8)
+
+    def on_command(self, cmd) -> None:
+        if cmd.get("cmd") == "forget" and cmd.get("ring"):  # a removed stream's ring: detach it
+            self.forget_ring(str(cmd["ring"]))
 
     def poll_control(self) -> list:
         self.poll_monitor()
@@ -103,42 +141,81 @@ class PreprocessStage(Stage):
         return {"remote": dict(self.remote)} if getattr(self, "remote", None) else {}
 
     def step(self) -> None:
+        if self.queued:  # frames wait for room downstream: wake on that, on new input, on control
+            self.feed_poller.poll(int(self.cfg.heartbeat_s * 1000))
+        for frames in self.incoming(0 if self.queued else self.cfg.heartbeat_s):
+            with self.metrics.busy():
+                self.take(frames)
+        self.feed()
+        self.metrics.queue_depth = self.queued
+
+    def feed(self) -> None:
+        """Round-robin across streams with frames waiting, while the infer workers have room."""
+        while self.queued:
+            ids = [sid for sid, q in self.queues.items() if q]
+            after = [sid for sid in ids if sid > self.last_fed]
+            sid = min(after) if after else min(ids)
+            try:
+                self.out.send_multipart(self.queues[sid][0], self.zmq.NOBLOCK, copy=False)
+            except self.zmq.Again:
+                return
+            self.queues[sid].popleft()
+            self.queued -= 1
+            self.last_fed = sid
+
+    def enqueue(self, stream: str, msg: list) -> None:
+        self.queues.setdefault(stream, deque()).append(msg)
+        self.queued += 1
+
+    def take(self, frames: list) -> None:
         from engines.runtime.preprocess import prepare_batch
         from engines.tiling import work_image
+        from stream.shm import ShmError
 
-        for frames in self.incoming(self.cfg.heartbeat_s):
-            with self.metrics.busy():
-                hdr, arrays = H.decode(frames)
-                if hdr.kind != H.FRAME:
-                    self.send_out(H.encode(hdr))
-                    continue
-                self.metrics.frames_in += 1
-                frame = frame_of(self.ring, hdr, arrays)
-                if self.cfg.infer_mode == "tiled":
-                    # tiled: infer cuts model-size tiles from the uint8 frame at the run's scale; the
-                    # header says so, so any infer worker (remote ones too) knows what it received
-                    x = work_image(frame, self.meta.input_size[::-1], self.cfg.infer_scale)
-                    hdr.extra["tiles"] = self.cfg.tile_overlap
-                elif "depth" in arrays:  # RGB-D: the paired depth image, normalized as in training
-                    from engines.depth import prepare_rgbd
+        try:
+            hdr, arrays = H.decode(frames)
+            if hdr.kind != H.FRAME:
+                self.enqueue(hdr.stream, H.encode(hdr))
+                return
+            ring = self.ring_for(hdr)
+            frame = frame_of(ring, hdr, arrays)
+        except (H.HeaderError, ShmError, ValueError) as e:
+            self.malformed(str(e))
+            return
+        self.metrics.frames_in += 1
+        if self.cfg.infer_mode == "tiled":
+            # tiled: infer cuts model-size tiles from the uint8 frame at the run's scale; the
+            # header says so, so any infer worker (remote ones too) knows what it received
+            x = work_image(frame, self.meta.input_size[::-1], self.cfg.infer_scale)
+            hdr.tiles = self.cfg.tile_overlap
+        elif "depth" in arrays:  # RGB-D: the paired depth image, normalized as in training
+            from engines.depth import prepare_rgbd
 
-                    x = prepare_rgbd([frame], [arrays["depth"]], self.meta)[0]
-                elif self.adaptive is not None:
-                    meta = self.adaptive.meta_for(sum(hdr.drops.values()))
-                    x = prepare_batch([frame], meta, uint8=self.uint8)[0]
-                    hdr.extra["infer_size"] = list(meta.input_size)
-                    self.metrics.extra["adaptive"] = self.adaptive.stats()
-                else:
-                    x = prepare_batch([frame], self.meta, uint8=self.uint8)[0]
-                hdr.stamp("preprocess")
-                # a frame that came inline (no ring, or too large for its slot) rides along to the overlay
-                keep = {"frame": arrays["frame"]} if "frame" in arrays else {}
-                if not self.inline and hdr.slot >= 0 and self.ring.fits("input", x.nbytes):
-                    self.ring.write(hdr.slot, "input", x)
-                    hdr.extra["in"] = [list(x.shape), x.dtype.str]
-                    msg = H.encode(hdr, keep)
-                else:
-                    hdr.extra.pop("in", None)
-                    msg = H.encode(hdr, {**keep, "input": x})
-                self.send_out(msg)
-                self.metrics.frames_out += 1
+            x = prepare_rgbd([frame], [arrays["depth"]], self.meta)[0]
+        elif self.adaptive is not None:
+            meta = self.adaptive.meta_for(sum(hdr.drops.values()))
+            x = prepare_batch([frame], meta, uint8=self.uint8)[0]
+            hdr.infer_size = tuple(meta.input_size)
+            self.metrics.extra["adaptive"] = self.adaptive.stats()
+        else:
+            x = prepare_batch([frame], self.meta, uint8=self.uint8)[0]
+        hdr.stamp("preprocess")
+        # a frame that came inline (no ring, or too large for its slot) rides along to the overlay
+        keep = {"frame": arrays["frame"]} if "frame" in arrays else {}
+        if not self.inline and ring is not None and hdr.slot >= 0 and ring.fits("input", x.nbytes):
+            ring.write(hdr.slot, "input", x)
+            hdr.input = (tuple(x.shape), x.dtype.str)
+            msg = H.encode(hdr, keep)
+        else:
+            hdr.input = ()
+            if self.inline:
+                hdr.ring = ()  # a worker on another host cannot attach it; the overlay has its own
+            msg = H.encode(hdr, {**keep, "input": x})
+        self.enqueue(hdr.stream, msg)
+        self.metrics.frames_out += 1
+
+    def malformed(self, why: str) -> None:
+        """A message that is no frame of ours (or names a ring that is gone): count, log, drop, go on."""
+        n = self.metrics.extra["malformed"] = self.metrics.extra.get("malformed", 0) + 1
+        if n <= 5:
+            print(f"preprocess: dropped a malformed message: {why}", flush=True)

@@ -69,8 +69,10 @@ def test_transport_defaults_to_tcp_and_udp_is_passed_to_ffmpeg() -> None:
 
 
 def test_link_counters_travel_in_the_mask_header_and_validate() -> None:
-    hdr = H.FrameHeader(extra={"src": {"uri": "rtsp://v:***@cam/live"}, "link": {
-        "reconnects": 2, "outages": 3, "outage_s": 7.25, "down": False, "junk": [1]}})  # fmt: skip
+    # declared header fields (issue 13), no longer ad-hoc ``extra`` keys
+    hdr = H.FrameHeader(source={"uri": "rtsp://v:***@cam/live"}, link={
+        "reconnects": 2, "outages": 3, "outage_s": 7.25, "down": False, "junk": [1]})  # fmt: skip
+    hdr, _ = H.decode(H.encode(hdr))  # as the overlay receives it
     link = H.link_of(hdr)
     assert link == {
         "reconnects": 2,
@@ -79,7 +81,7 @@ def test_link_counters_travel_in_the_mask_header_and_validate() -> None:
         "down": False,
         "uri": "rtsp://v:***@cam/live",
     }
-    assert H.link_of(H.FrameHeader(extra={"link": {"reconnects": "many", "outage_s": -1}})) == {}
+    assert H.link_of(H.FrameHeader(link={"reconnects": "many", "outage_s": -1})) == {}
     classes = ClassTable(names=["a", "b"], palette=[(0, 0, 0), (255, 255, 255)])
     mask = np.zeros((4, 6), np.uint8)
     frames = encode_mask_message(stream="0", seq=1, frame_index=1, mask=mask, classes=classes, source=link)
