@@ -30,6 +30,7 @@ from onnx import numpy_helper as nh
 
 from engines.meta import META_KEY, ClassTable, ModelMeta
 from stream.sources.base import ReadStatus
+from stream.sources.file import to_bgr
 from stream.sources.network import NetworkSource
 from stream.uri import open_source
 
@@ -175,10 +176,10 @@ def test_http_url_of_a_file_is_read_like_a_file(file_server: Server) -> None:
         first, last = None, None
         for i, f in enumerate(local.decode(video=0)):
             if i == 0:
-                first = f.to_ndarray(format="bgr24")
+                first = to_bgr(f)  # the file source's own conversion
             last = f
         assert np.array_equal(ok[0].image, first)
-        assert np.array_equal(ok[-1].image, last.to_ndarray(format="bgr24"))
+        assert np.array_equal(ok[-1].image, to_bgr(last))
 
 
 @pytest.mark.timeout(60)

@@ -36,7 +36,7 @@ def test_tune_writes_a_config_that_meets_its_target_when_run(avi_clip, camvid: P
     target = 3.0
     out = segstream(
         "tune", "--target-fps", str(target), "--source", str(avi_clip.path), "--data", str(camvid / "val"),
-        "--budget", "0.2", "--frames", "20", "--limit", "3", "--sizes", "320x240,480x360",
+        "--budget", "0.2", "--frames", "20", "--limit", "3", "--sizes", "240x176,320x240,400x296,480x360",
         "--precisions", "fp32", "--backends", "onnxruntime", "--threads", "1x1,1x2", "--out", "tuned",
         cwd=tmp_path,
     )  # fmt: skip

@@ -158,7 +158,8 @@ def test_network_options_defaults_and_passthrough() -> None:
     src = open_source("rtsp://user:secret@cam.local/s?reconnect=-1&backoff_min=9&token=abc")
     assert src.reconnect == -1 and src.backoff_min == 9.0 and src.backoff_max == 9.0
     assert src.url == "rtsp://user:secret@cam.local/s?token=abc"
-    assert src.label == "rtsp://user:***@cam.local/s?token=abc"  # what terminal lines show
+    # what terminal lines show: the password and credential-like query values (stream.redact) hidden
+    assert src.label == "rtsp://user:***@cam.local/s?token=***"
     assert src.live is True  # only http(s) may turn out to be a file
     http = open_source("http://127.0.0.1:9/x.mp4")
     assert http.reconnect == 10 and http.live is None
