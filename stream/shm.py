@@ -71,7 +71,10 @@ def _shm_open(name: str, create: bool, size: int = 0) -> mmap.mmap:
             os.ftruncate(fd, size)
         else:
             size = os.fstat(fd).st_size
-        return mmap.mmap(fd, size)
+        # MAP_POPULATE: map every page now, at start-up, rather than fault them in one by one on the first
+        # frames through each slot (measured: the first frames of a live run took 7-9 ms in preprocess
+        # against 2.5 ms steady, and ran late through every later stage)
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
     except OSError as e:
         if create:
             unlink(name)

@@ -73,9 +73,14 @@ class InferStage(Stage):
         calls allocate, JIT and autotune (about 2 s on CUDA), and that must not land on frames."""
         h, w = self.runtime.input_hw()
         blank = np.zeros((h, w, self.runtime.meta.channels), np.uint8)
-        # on the CPU one batch-1 call is all the warming there is (allocations); a max-batch warm-up there
-        # costs 8-16 frames of inference (0.3-0.5 s on 2 cores) of start-up for nothing
-        sizes, rounds = ({1}, 1) if self.runtime.device == "cpu" else ({1, self.max_batch}, 2)
+        # on the CPU a batch-1 call is all the warming there is (allocations); a max-batch warm-up there
+        # costs 8-16 frames of inference (0.3-0.5 s on 2 cores) of start-up for nothing. A session with a
+        # thread pool needs three: measured on 2 cores, after one blank call the first real frames took
+        # 14-17 ms against 8 ms steady (a live run's p99 was its first frames), after three 8 ms at once
+        if self.runtime.device == "cpu":
+            sizes, rounds = {1}, (1 if self.cfg.threads == 1 else 3)
+        else:
+            sizes, rounds = {1, self.max_batch}, 2
         for n in sorted(sizes):
             for _ in range(rounds):
                 self.runtime.run(self.runtime.prepare([blank] * n))
