@@ -41,6 +41,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 import numpy as np
 
 from stream.sinks.base import Result, Sink, SinkError, StreamInfo
+from stream.uri import Options
 
 WHAT = ("stats", "polygons", "coco-rle")
 _KNOWN = {
@@ -85,6 +86,7 @@ class MqttSink(Sink):
         if u.scheme not in ("mqtt", "mqtts"):
             raise SinkError(f"{self.spec}: expected mqtt://HOST:PORT/TOPIC or mqtts://...")
         opts = dict(parse_qsl(u.query, keep_blank_values=True))
+        o = Options(self.spec, opts, error=SinkError)  # typed getters; errors name the key and value
         unknown = sorted(set(opts) - _KNOWN)
         if unknown:
             raise SinkError(
@@ -93,7 +95,7 @@ class MqttSink(Sink):
         self.host = u.hostname or ""
         if not self.host:
             raise SinkError(f"{self.spec}: no broker host (expected mqtt://HOST:PORT/TOPIC)")
-        self.tls = u.scheme == "mqtts" or self._bool(opts, "tls", False)
+        self.tls = u.scheme == "mqtts" or o.bool("tls", False)
         try:
             self.port = u.port or (8883 if self.tls else 1883)
         except ValueError:
@@ -108,15 +110,15 @@ class MqttSink(Sink):
         if "polygons" in self.what and "coco-rle" in self.what:
             raise SinkError(f"{self.spec}: what= takes polygons or coco-rle, not both")
         self.segments_format = next((w for w in self.what if w != "stats"), None)
-        self.qos = self._int(opts, "qos", 0)
+        self.qos = o.int("qos", 0)
         if self.qos not in (0, 1):
             raise SinkError(f"{self.spec}: qos={opts['qos']!r} (expected 0 or 1)")
-        self.queue_size = self._int(opts, "queue", 16)
-        self.keepalive = self._int(opts, "keepalive", 30)
-        self.tolerance = self._float(opts, "tolerance", 1.0)
-        self.components = self._bool(opts, "components", False)
-        self.connect_timeout = self._float(opts, "connect_timeout", 5.0)
-        self.backoff = (self._float(opts, "backoff_min", 0.5), self._float(opts, "backoff_max", 5.0))
+        self.queue_size = o.int("queue", 16)
+        self.keepalive = o.int("keepalive", 30)
+        self.tolerance = o.float("tolerance", 1.0)
+        self.components = o.bool("components", False)
+        self.connect_timeout = o.float("connect_timeout", 5.0)
+        self.backoff = (o.float("backoff_min", 0.5), o.float("backoff_max", 5.0))
         if self.queue_size < 1 or self.keepalive < 5 or not 0 <= self.tolerance <= 100:
             raise SinkError(f"{self.spec}: queue >= 1, keepalive >= 5 and tolerance 0..100 expected")
         if not 0 < self.backoff[0] <= self.backoff[1] or self.connect_timeout <= 0:
@@ -135,7 +137,7 @@ class MqttSink(Sink):
             raise SinkError(f"{self.spec}: ca/cert/key need TLS (tls=1 or mqtts://)")
         if ("cert" in self.tls_files) != ("key" in self.tls_files):
             raise SinkError(f"{self.spec}: a client certificate needs both cert= and key=")
-        self.tls_insecure = self._bool(opts, "tls_insecure", False)
+        self.tls_insecure = o.bool("tls_insecure", False)
         self.stats: dict[str, Any] = {
             "published": 0,  # handed to the broker's connection (qos 0) or acknowledged by it (qos 1)
             "dropped": 0,  # frames not sent, any reason (the sum of the three below)
@@ -157,29 +159,6 @@ class MqttSink(Sink):
         self._ever_connected = False
         self._inflight = 0
         self._lock = threading.Lock()
-
-    # ------------------------------------------------------------------------------ options
-    def _int(self, opts: dict[str, str], key: str, default: int) -> int:
-        try:
-            return int(opts.get(key, default))
-        except ValueError:
-            raise SinkError(f"{self.spec}: option {key}={opts[key]!r} is not an integer") from None
-
-    def _float(self, opts: dict[str, str], key: str, default: float) -> float:
-        try:
-            return float(opts.get(key, default))
-        except ValueError:
-            raise SinkError(f"{self.spec}: option {key}={opts[key]!r} is not a number") from None
-
-    def _bool(self, opts: dict[str, str], key: str, default: bool) -> bool:
-        v = opts.get(key)
-        if v is None:
-            return default
-        if v.lower() in ("1", "true", "yes", "on"):
-            return True
-        if v.lower() in ("0", "false", "no", "off"):
-            return False
-        raise SinkError(f"{self.spec}: option {key}={v!r} is not a boolean (1/0)")
 
     def _password(self) -> str | None:
         o = self._password_opts
