@@ -101,6 +101,23 @@ class TsServer:
             stderr=subprocess.DEVNULL,
         )
 
+    def wait_listening(self, timeout_s: float = 15.0) -> None:
+        """Until ffmpeg listens (seen in /proc/net/tcp, state 0A): a test connect would use up its one
+        accept, and a fixed sleep loses the race on a loaded machine."""
+        end = time.monotonic() + timeout_s
+        port = f":{self.port:04X}"
+        while time.monotonic() < end:
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                try:
+                    rows = [r.split() for r in Path(table).read_text().splitlines()[1:]]
+                except OSError:
+                    continue
+                if any(r[1].endswith(port) and r[3] == "0A" for r in rows):
+                    return
+            assert self.proc.poll() is None, "ffmpeg exited before listening"
+            time.sleep(0.05)
+        raise AssertionError(f"ffmpeg did not listen on {self.port} within {timeout_s} s")
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -171,7 +188,7 @@ sinks = ["net.mp4", "zmq-pub://127.0.0.1:{pub_net}"]
     ]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # ffmpeg listening before the run connects
+    server.wait_listening()  # ffmpeg listening before the run connects
     p = segstream(["run", "--config", "streams.toml"], tmp_path)
     try:
         deadline = time.monotonic() + 90
