@@ -6,6 +6,7 @@ answers it from its own loop (no thread). One JSON request, one JSON reply::
     {"cmd": "list"}                                   -> {"ok": true, "streams": [{"id": "0", ...}]}
     {"cmd": "add", "stream": {"id": "cam2", "uri": "rtsp://...", "sinks": ["cam2.mp4"]}}
     {"cmd": "remove", "id": "cam2"}                   -> the stream is drained, its outputs finalized
+    {"cmd": "model", "model": "/abs/new.onnx"}        -> answered once switched: {"seq": S, "streams": ...}
     (any request)                                     -> {"ok": false, "error": "one line"}
 
 A request may carry ``"token"``: with ``--control-token FILE`` every request must, and the control port
@@ -62,6 +63,17 @@ def check_endpoint(address: str, token: str | None, insecure: bool) -> str:
     return address
 
 
+class Pending:
+    """A reply that comes later (a model swap answers once it switched): the server reads no other request
+    until it is set (REP answers in order), or it is answered with an error when the run ends first."""
+
+    def __init__(self) -> None:
+        self.reply: dict[str, Any] | None = None
+
+    def answer(self, reply: dict[str, Any]) -> None:
+        self.reply = reply
+
+
 class ControlServer:
     """The REP socket, polled by the supervisor's loop; ``handlers`` do the work (they may raise
     SegstreamError, whose message becomes the error reply)."""
@@ -74,6 +86,7 @@ class ControlServer:
         self.token = token
         self.requests = 0
         self.refused = 0
+        self.pending: Pending | None = None
         self.sock = zmq.Context.instance().socket(zmq.REP)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST)
@@ -86,17 +99,28 @@ class ControlServer:
     def poll(self) -> None:
         """Answer every request already waiting (never blocks)."""
         while True:
+            if self.pending is not None:
+                if self.pending.reply is None:
+                    return
+                reply, self.pending = self.pending.reply, None
+                self.send(reply)
             try:
                 raw = self.sock.recv(self.zmq.NOBLOCK)
             except self.zmq.Again:
                 return
             reply = self.answer(raw)
-            try:
-                self.sock.send(json.dumps(reply).encode(), self.zmq.NOBLOCK)
-            except self.zmq.ZMQError:
-                pass
+            if isinstance(reply, Pending):
+                self.pending = reply
+                continue
+            self.send(reply)
 
-    def answer(self, raw: bytes) -> dict[str, Any]:
+    def send(self, reply: dict[str, Any]) -> None:
+        try:
+            self.sock.send(json.dumps(reply).encode(), self.zmq.NOBLOCK)
+        except self.zmq.ZMQError:
+            pass
+
+    def answer(self, raw: bytes) -> dict[str, Any] | Pending:
         self.requests += 1
         try:
             req = json.loads(raw)
@@ -114,6 +138,8 @@ class ControlServer:
             out = handler(req)
         except SegstreamError as e:
             return self.refuse(str(e))
+        if isinstance(out, Pending):
+            return out
         return {"ok": True, **(out or {})}
 
     def refuse(self, why: str) -> dict[str, Any]:
@@ -121,10 +147,17 @@ class ControlServer:
         return {"ok": False, "error": why}
 
     def close(self) -> None:
+        if self.pending is not None:  # the client waits for an answer: the run ended before it came
+            self.send(self.pending.reply or self.refuse("the run ended before the request was done"))
+            self.pending = None
+            self.sock.close(500)  # long enough for that last answer to leave
+            return
         self.sock.close(0)
 
 
-def request(address: str, req: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+def request(
+    address: str, req: dict[str, Any], token: str | None = None, timeout_ms: int = CLIENT_TIMEOUT_MS
+) -> dict[str, Any]:
     """One request to a running pipeline's control endpoint; raises ControlError when nobody answers or
     the run refuses it."""
     import zmq
@@ -139,9 +172,9 @@ def request(address: str, req: dict[str, Any], token: str | None = None) -> dict
         raise ControlError(f"--control {address}: {e}") from None
     try:
         sock.send(json.dumps({**req, **({"token": token} if token else {})}).encode())
-        if not sock.poll(CLIENT_TIMEOUT_MS):
+        if not sock.poll(timeout_ms):
             raise ControlError(
-                f"no run answers on {address} within {CLIENT_TIMEOUT_MS / 1000:g} s (is `segstream run "
+                f"no run answers on {address} within {timeout_ms / 1000:g} s (is `segstream run "
                 f"--control {address}` running?)"
             )
         try:

@@ -74,6 +74,7 @@ class FrameHeader:
     input: tuple = ()  # (shape, dtype) of the model input preprocess wrote into the frame's ring slot
     tiles: float | None = None  # tiled mode: the tile overlap infer blends with (preprocess)
     infer_size: tuple[int, ...] = ()  # adaptive mode: the model input size preprocess chose (w, h)
+    gen: int = 0  # the model generation preprocess prepared the frame for (0 until a model swap)
     # annotations of other producers, passed through untouched; segstream's stages declare theirs above
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -109,6 +110,8 @@ class FrameHeader:
             d["tl"] = self.tiles
         if self.infer_size:
             d["is"] = list(self.infer_size)
+        if self.gen:
+            d["g"] = self.gen
         if self.parts:
             d["p"] = [[p.name, list(p.shape), p.dtype] for p in self.parts]
         if self.extra:
@@ -161,6 +164,9 @@ class FrameHeader:
             tiles = d.get("tl")
             if tiles is not None and (isinstance(tiles, bool) or not isinstance(tiles, (int, float))):
                 raise HeaderError(f"malformed frame header: tile overlap {tiles!r} is not a number")
+            gen = d.get("g", 0)
+            if type(gen) is not int or gen < 0:
+                raise HeaderError(f"malformed frame header: model generation {gen!r} is not a count")
             return cls(
                 kind=kind,
                 stream=stream,
@@ -179,6 +185,7 @@ class FrameHeader:
                 input=(_ints(inp[0], "input shape"), inp[1]) if inp else (),
                 tiles=float(tiles) if tiles is not None else None,
                 infer_size=_ints(d.get("is", []), "infer size"),
+                gen=gen,
                 extra=extra,
             )
         except HeaderError:

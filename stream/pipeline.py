@@ -172,7 +172,17 @@ class Builder:
     def ipc(self, name: str) -> str:
         return f"ipc://{self.run_dir}/{name}"
 
-    def proc(self, stage: str, name: str, conf: dict, stream: str = "", live: bool = False, ring=None, **eps):
+    def proc(
+        self,
+        stage: str,
+        name: str,
+        conf: dict,
+        stream: str = "",
+        live: bool = False,
+        ring=None,
+        model: dict[str, Any] | None = None,
+        **eps,
+    ):
         """One stage process: its context holds its own Config's keys of ``conf``, nothing else."""
         cls = self.graph[stage]
         decl = cls.declares
@@ -194,7 +204,7 @@ class Builder:
             config=cls.Config.pick(conf).to_dict(),
             endpoints={**ctl, **eps},
             ring=ring_info,
-            model=self.model,
+            model=model or self.model,
             cpus=own,
             stream=stream,
         )
@@ -219,6 +229,22 @@ class Builder:
                 "out": "push+connect:" + self.ipc("results-{stream}"),
             }
             stages.append(self.proc("infer", name, self.conf, **eps))
+        return stages
+
+    def infer_stages(self, gen: int, path: str, model: dict[str, Any]) -> list[StageProc]:
+        """A model swap's fresh infer workers (stream.swap): generation ``gen`` pulls from its own inputs
+        socket, which preprocess binds, and sends to the same results sockets."""
+        from stream.swap import gen_endpoint
+
+        conf = {**self.conf, "model": path}
+        stages = []
+        for i in range(self.cfg.workers):
+            name = f"infer-g{gen}" if self.cfg.workers == 1 else f"infer-g{gen}-{i + 1}"
+            eps = {
+                "in": gen_endpoint("pull+connect:" + self.ipc("inputs"), gen),
+                "out": "push+connect:" + self.ipc("results-{stream}"),
+            }
+            stages.append(self.proc("infer", name, conf, model=model, **eps))
         return stages
 
     def stream_stages(self, spec, ring) -> list[StageProc]:

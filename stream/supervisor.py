@@ -50,6 +50,7 @@ from typing import Any
 from stream.launch import Launcher, StageHandle
 from stream.metrics import RunMetrics
 from stream.stages.base import StageContext
+from stream.swap import SWITCH_WAIT_S
 
 
 @dataclass
@@ -156,6 +157,12 @@ class Supervisor:
         self._resent_at = 0.0
         self._replay_at: float | None = None
         self._told_waiting = False
+        # model swaps (stream.swap): the one under way, the record of each, workers being retired
+        self.model = getattr(factory, "model", None)
+        self.gen = 0
+        self.swap: Any = None
+        self.swaps: list[dict[str, Any]] = []
+        self.retiring: list[StageProc] = []
 
     # -- the graph as declared ------------------------------------------------------------------
     def of_stream(self, sid: str, role: str | None = None) -> list[StageProc]:
@@ -222,6 +229,8 @@ class Supervisor:
         if msg.get("extra"):
             self.info[name] = msg["extra"]
         st = self.streams.get(sp.stream) if sp is not None and sp.stream else None
+        if self.swap is not None and self.swap_message(name, sp, kind, msg):
+            return
         if kind == "fatal":
             if st is not None and self.multi:  # one stream's trouble ends that stream only
                 self.end_stream(st, msg.get("message", "failed"))
@@ -392,7 +401,7 @@ class Supervisor:
                     signal.signal(s, h)
             if outcome is not None:  # the exit reports carry each stage's final counters
                 outcome.frames = self.frames_written()
-                outcome.report = self.metrics.report(outcome.frames, outcome.wall_s, self.stream_of())
+                outcome.report = self.report(outcome.frames, outcome.wall_s)
                 outcome.files = self.files_written()
                 outcome.failed_streams = {
                     sid: st.failed for sid, st in [*self.streams.items(), *self.retired.items()] if st.failed
@@ -428,7 +437,148 @@ class Supervisor:
             self.remove_stream(sid)
             return {"draining": True}
 
-        return {"add": add, "remove": remove, "list": lambda req: {"streams": self.list_streams()}}
+        def model(req: dict[str, Any]) -> Any:
+            return self.start_swap(req.get("model"))
+
+        return {
+            "add": add,
+            "remove": remove,
+            "list": lambda req: {"streams": self.list_streams()},
+            "model": model,
+        }
+
+    # -- model swap (stream.swap) ------------------------------------------------------------------
+    def model_holders(self) -> list[StageProc]:
+        """The shared workers that run the model (their config names one)."""
+        return [sp for sp in self.shared() if sp.role == "worker" and "model" in sp.ctx.config]
+
+    def start_swap(self, path: Any) -> Any:
+        from stream.control import Pending
+        from stream.swap import Swap, SwapError, check_model
+
+        if self.factory is None or self.model is None:
+            raise SwapError("this run cannot swap its model")
+        if self.swap is not None:
+            raise SwapError(f"a model swap to {self.swap.path} is under way")
+        if self.drain_sent:
+            raise SwapError("the run is stopping")
+        model = check_model(self.cfg, self.model, path)
+        gen = self.gen + 1
+        # the overlay reads the new class table from here at the first frame of the new generation
+        (self.run_dir / f"model-g{gen}.json").write_text(json.dumps(model))
+        old = [sp.name for sp in self.model_holders()]
+        procs = self.factory.builder.infer_stages(gen, path, model)
+        self.broadcast("model_prepare", to="role:worker", gen=gen)
+        self.swap = Swap(gen, path, model, [sp.name for sp in procs], old, Pending())
+        for sp in procs:
+            self.stages[sp.name] = sp
+            self.spawn(sp)
+        print(f"segstream: loading model {path} in {len(procs)} new infer worker(s)", file=sys.stderr)
+        return self.swap.pending
+
+    def swap_message(self, name: str, sp: StageProc | None, kind: str | None, msg: dict[str, Any]) -> bool:
+        """A swap's own messages (True: handled). A new worker that fails to load refuses the swap, not
+        the run."""
+        sw = self.swap
+        if name in sw.workers and kind == "fatal" and sw.phase == "warming":
+            self.fail_swap(msg.get("message", "failed to load"))
+            return True
+        if msg.get("gen") != sw.gen:
+            return False
+        if kind == "model_switched" and sw.phase == "switching":
+            sw.phase, sw.t_switched = "switched", time.monotonic()
+            return True
+        if kind == "model_swapped" and sp is not None and sp.stream:
+            sw.streams[sp.stream] = {"seq": msg.get("seq"), "gap_ms": msg.get("gap_ms")}
+            return True
+        return False
+
+    def fail_swap(self, why: str) -> None:
+        sw = self.swap
+        for name in sw.workers:
+            sp = self.stages.pop(name, None)
+            if sp is not None and sp.proc is not None:
+                self.terminate(sp.proc)
+                self.retiring.append(sp)
+        self.broadcast("model_retired", to="role:worker", gen=sw.gen)
+        first = str(why).strip().splitlines()[0] if str(why).strip() else "failed"
+        sw.pending.answer({"ok": False, "error": f"model {sw.path}: {first}; the old model keeps running"})
+        print(f"segstream: model {sw.path} refused: {first}", file=sys.stderr)
+        self.swap = None
+
+    def advance_swap(self, now: float) -> None:
+        """Warm -> switch -> answer -> retire the old workers."""
+        sw = self.swap
+        if sw is None:
+            self.reap_retiring()
+            return
+        new = [self.stages[n] for n in sw.workers if n in self.stages]
+        if sw.phase == "warming":
+            dead = [sp for sp in new if sp.proc is not None and sp.proc.poll() is not None]
+            if dead:
+                time.sleep(0.2)  # its fatal message (the one line) may still be in flight
+                self.drain_messages()
+                if self.swap is sw:
+                    lines = self.last_lines(dead[0], 1)
+                    code = dead[0].proc.poll()
+                    self.fail_swap(lines[-1] if lines else f"the new infer worker exited with code {code}")
+                return
+            if now - sw.t_start > self.cfg.startup_timeout_s:
+                self.fail_swap(f"not loaded within {self.cfg.startup_timeout_s:g} s")
+                return
+            if all(sp.last_seen is not None for sp in new):
+                sw.phase, sw.t_ready = "switching", now
+        if sw.phase == "switching" and now - sw.t_switch_cmd >= 0.5:
+            sw.t_switch_cmd = now  # repeated until preprocess says it switched
+            self.broadcast("model_switch", to="role:worker", gen=sw.gen, model=sw.model)
+        if sw.phase == "switched":
+            running = [sid for sid, st in self.streams.items() if st.failed is None and st.done is None]
+            if not sw.replied and (
+                all(sid in sw.streams for sid in running) or now - sw.t_switched > SWITCH_WAIT_S
+            ):
+                self.finish_swap(sw)
+            self.retire_old(sw, now)
+
+    def finish_swap(self, sw: Any) -> None:
+        """The new model is the run's: answer the request, record the swap."""
+        sw.replied = True
+        self.gen, self.model = sw.gen, sw.model
+        rec = sw.record()
+        self.swaps.append(rec)
+        sw.pending.answer({"ok": True, **rec})
+        print(
+            f"segstream: switched to model {sw.path} at seq {rec['seq']}"
+            + (f" (gap {rec['gap_ms']:.0f} ms)" if rec.get("gap_ms") is not None else ""),
+            file=sys.stderr,
+        )
+
+    def retire_old(self, sw: Any, now: float) -> None:
+        """Stop the old workers once they answered every frame preprocess sent them (from their own
+        counters), or after a stall timeout whatever they say."""
+        if sw.old_sent is None and not (sw.t_switched and now - sw.t_switched > self.cfg.stall_timeout_s):
+            return
+        done = sum(int(self.metrics.stages.get(n, {}).get("frames_out", 0)) for n in sw.old)
+        if sw.old_sent is not None and done < sw.old_sent and now - sw.t_switched < self.cfg.stall_timeout_s:
+            return
+        if not sw.replied:
+            self.finish_swap(sw)
+        for name in sw.old:
+            sp = self.stages.pop(name, None)
+            if sp is not None and sp.proc is not None:
+                self.broadcast("stop", to=name)
+                sp.term_at = now
+                self.retiring.append(sp)
+        self.broadcast("model_retired", to="role:worker", gen=sw.gen - 1)
+        self.swap = None
+
+    def reap_retiring(self) -> None:
+        """Retired workers: told to stop; SIGTERM after the grace (their counters stay in the report)."""
+        for sp in list(self.retiring):
+            if sp.proc.poll() is not None:
+                self.retiring.remove(sp)
+            elif sp.term_at is not None and time.monotonic() - sp.term_at > self.cfg.term_grace_s:
+                self.terminate(sp.proc)
+                sp.term_at = None
 
     def watch(self, t0: float) -> Outcome:
         import zmq
@@ -446,6 +596,7 @@ class Supervisor:
                 # not every stage is up: nothing was read yet, so there is nothing to drain or finalize
                 return self.outcome(t0, ok=True, interrupted=True, message="interrupted during start-up")
             self.poll_api()
+            self.advance_swap(now)
             self.maybe_go(now)
             if self.signals and not self.drain_sent:
                 self.drain_sent = True
@@ -511,6 +662,8 @@ class Supervisor:
             st = self.streams.get(sp.stream) if sp.stream else None
             if st is not None and (st.done is not None or st.failed is not None):
                 continue  # a finished stream's stages exit on their own (retire_finished)
+            if self.swap is not None and self.swap.phase == "warming" and sp.name in self.swap.workers:
+                continue  # a new model's worker that fails to load refuses the swap (advance_swap)
             if sp.restart_at is not None:
                 if now >= sp.restart_at:
                     self.spawn(sp)
@@ -682,18 +835,18 @@ class Supervisor:
         frames = self.frames_written()
         # throughput counts from "go" (all stages up, model loaded), not from process start
         wall = time.monotonic() - (self.t_go if self.t_go is not None else t0)
-        return Outcome(
-            ok=ok,
-            frames=frames,
-            wall_s=wall,
-            report=self.metrics.report(frames, wall, self.stream_of()),
-            **kw,
-        )
+        return Outcome(ok=ok, frames=frames, wall_s=wall, report=self.report(frames, wall), **kw)
+
+    def report(self, frames: int, wall: float) -> dict[str, Any]:
+        rep = self.metrics.report(frames, wall, self.stream_of())
+        if self.swaps:
+            rep["swaps"] = list(self.swaps)
+        return rep
 
     def stop_all(self) -> None:
         """stop -> wait -> SIGTERM -> grace -> SIGKILL; every child is reaped. A stage that never reported
         in is not listening yet (loading a model) and holds no output: it gets SIGTERM at once."""
-        live = [sp for sp in self.stages.values() if sp.proc is not None]
+        live = [sp for sp in [*self.stages.values(), *self.retiring] if sp.proc is not None]
         procs = [sp.proc for sp in live]
         for sp in live:
             if sp.last_seen is None and sp.proc.poll() is None:

@@ -6,6 +6,7 @@ The run must have been started with ``--control ENDPOINT`` (stream.control)::
     segstream streams add "rtsp://cam2/live" --id cam2 --sink cam2.mp4 --control tcp://127.0.0.1:7000
     segstream streams list --control tcp://127.0.0.1:7000
     segstream streams remove cam2 --control tcp://127.0.0.1:7000      # drained, cam2.mp4 finalized
+    segstream streams model new.onnx --control tcp://127.0.0.1:7000   # switched at a frame boundary
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         ("add", "add a stream: its source URI, id and sinks"),
         ("remove", "remove a stream: its source stops, what is in flight is written, sinks finalized"),
         ("list", "the run's streams with their state and counters (JSON with --json)"),
+        ("model", "swap the model: new infer workers load and warm it, then take over at a frame boundary"),
     ):
         a = sub.add_parser(name, help=help_)
         a.add_argument("--control", required=True, metavar="ENDPOINT", help="the run's --control endpoint")
@@ -34,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             a.add_argument("--max-frames", type=int, default=None, metavar="N")
         elif name == "remove":
             a.add_argument("id", help="stream id")
+        elif name == "model":
+            a.add_argument("model", help="the new model file (checked as at start-up; refused: old one runs)")
+            a.add_argument("--json", action="store_true", help="print the reply as JSON")
         else:
             a.add_argument("--json", action="store_true", help="print the reply as JSON")
 
@@ -56,6 +61,23 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "remove":
         reply = request(args.control, {"cmd": "remove", "id": args.id}, token)
         print(f"removing stream {args.id}" + (" (draining)" if reply.get("draining") else ""))
+    elif args.action == "model":
+        from pathlib import Path
+
+        path = args.model if "://" in args.model else str(Path(args.model).resolve())  # the run's cwd differs
+        # answered once switched: loading and warming a model takes seconds, minutes on a busy machine
+        reply = request(args.control, {"cmd": "model", "model": path}, token, timeout_ms=300_000)
+        if args.json:
+            print(json.dumps({k: v for k, v in reply.items() if k != "ok"}, indent=2))
+        else:
+            for sid, s in reply.get("streams", {}).items():
+                gap = s.get("gap_ms")
+                print(
+                    f"stream {sid}: switched to {path} at seq {s.get('seq')}"
+                    + (f" (gap {gap:.0f} ms)" if gap is not None else "")
+                )
+            if not reply.get("streams"):
+                print(f"switched to {path} (no stream has written a frame of it yet)")
     else:
         reply = request(args.control, {"cmd": "list"}, token)
         if args.json:

@@ -48,6 +48,9 @@ class Result:
     source: dict[str, Any] = field(default_factory=dict)
     # --adaptive: the (w, h) the model ran at for this frame (it changes with the load); None otherwise
     infer_size: tuple[int, int] | None = None
+    # the class table of the model that made this mask: it changes when the model is swapped mid-run
+    # (stream.swap); None: StreamInfo.classes
+    classes: ClassTable | None = None
 
 
 class Sink(ABC):

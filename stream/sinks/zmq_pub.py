@@ -394,6 +394,11 @@ class ZmqPubSink(Sink):
 
             ok, buf = cv2.imencode(".jpg", result.overlay, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             overlay_jpeg = buf.tobytes() if ok else None
+        if result.classes is not None and result.classes is not self.classes:
+            # the model was swapped: the digest in the headers changes from this frame on, and the
+            # class-table port answers with the new table before any subscriber can ask for it
+            self.classes = result.classes
+            self._reply = encode_classes_reply(self.stream, self.classes)
         mask = result.mask
         confidence = result.confidence if self.confidence else None
         maps = {m: result.maps[m] for m in self.maps if m in result.maps}

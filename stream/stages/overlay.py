@@ -112,6 +112,8 @@ class OverlayStage(Stage):
         self.done = False
         self.live_stats = LiveStats()
         self.files: list[str] = []
+        self.gen = 0  # the model generation of the last frame written (stream.swap)
+        self.last_write: float | None = None
 
     def _blend_fn(self):
         try:  # the shared overlay renderer (palette, legend); a plain LUT blend is the fallback
@@ -284,6 +286,9 @@ class OverlayStage(Stage):
         from stream.sinks.base import Result
         from stream.stages.preprocess import frame_of
 
+        started, self.last_write = time.monotonic(), getattr(self, "last_write", None)
+        if hdr.gen != self.gen:
+            self.switch_model(hdr, started)
         if not self.opened:
             self.open_sinks(hdr)
         # a copy: once acknowledged the slot is reused, and a sink may keep the frame (live view)
@@ -313,6 +318,7 @@ class OverlayStage(Stage):
             stats=self.live_stats.update(hdr.ts),
             source=H.link_of(hdr),
             infer_size=H.infer_size_of(hdr),
+            classes=self.meta.classes,
         )
         for s in self.sinks:
             s.write(result)
@@ -321,8 +327,31 @@ class OverlayStage(Stage):
         if "camera" in hdr.ts:  # the camera's clock at capture (RTSP): glass-to-output
             self.metrics.glass.add(t_out - hdr.ts["camera"])
         self.to_ack.append(hdr.seq)
+        self.last_write = started
         self.written += 1
         self.metrics.frames_out += 1
+
+    def switch_model(self, hdr: H.FrameHeader, now: float) -> None:
+        """The first frame of a swapped-in model: its class table and colours from here on (the
+        supervisor wrote them to the run folder before any frame went to the new model)."""
+        import json
+        from pathlib import Path
+
+        from engines.meta import ModelMeta
+
+        try:
+            model = json.loads((Path(self.cfg.run_dir or ".") / f"model-g{hdr.gen}.json").read_text())
+            self.meta = ModelMeta.from_json(model["meta"])
+        except (OSError, ValueError, KeyError) as e:
+            self.malformed(f"seq {hdr.seq}: model generation {hdr.gen} unknown ({e}); old class table kept")
+            self.gen = hdr.gen
+            return
+        self.lut = self.meta.classes.lut_bgr()
+        self.blend = self._blend_fn()
+        # the gap between output frames around the switch: what a viewer of a live stream sees of it
+        gap = None if self.last_write is None else round((now - self.last_write) * 1000, 1)
+        self.gen = hdr.gen
+        self.report("model_swapped", gen=hdr.gen, seq=hdr.seq, gap_ms=gap)
 
     def flush_acks(self) -> None:
         if self.to_ack and self.acks is not None:

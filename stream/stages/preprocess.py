@@ -58,7 +58,14 @@ class PreprocessStage(Stage):
         # a short queue to the infer workers: frames wait here instead, in one queue per stream, and go
         # out round-robin across streams as a worker has room (a fast file cannot starve a live camera)
         self.out = open_socket(self.zctx, self.ctx.endpoints["out"], hwm=feed_hwm(self.cfg, self.ctx.model))
-        self.queues: dict[str, deque] = {}
+        self.queues: dict[str, deque] = {}  # per stream: (model generation, message, is a frame)
+        # a model swap (stream.swap): each generation of infer workers pulls from its own socket, so every
+        # frame goes to the workers of the model it was prepared for; the old socket stays open (lingering
+        # frames still reach the old workers) until the supervisor retires that generation
+        self.gen = 0
+        self.outs = {0: self.out}
+        self.sent = {0: 0}  # frames sent per generation
+        self.drained_told: set[int] = set()
         self.queued = 0
         self.last_fed = ""
         self.monitor = None
@@ -109,6 +116,62 @@ class PreprocessStage(Stage):
     def on_command(self, cmd) -> None:
         if cmd.get("cmd") == "forget" and cmd.get("ring"):  # a removed stream's ring: detach it
             self.forget_ring(str(cmd["ring"]))
+        elif cmd.get("cmd") == "model_prepare":
+            self.prepare_gen(int(cmd["gen"]))
+        elif cmd.get("cmd") == "model_switch":
+            self.switch_gen(int(cmd["gen"]), cmd["model"])
+        elif cmd.get("cmd") == "model_retired":
+            sock = self.outs.pop(int(cmd["gen"]), None)
+            if sock is not None and int(cmd["gen"]) != self.gen:
+                sock.close(0)
+
+    def gen_endpoint(self, gen: int) -> str:
+        from stream.swap import gen_endpoint
+
+        return gen_endpoint(self.ctx.endpoints["out"], gen)
+
+    def prepare_gen(self, gen: int) -> None:
+        """Bind the new generation's socket before its workers connect (no reconnect delay at the switch)."""
+        from stream.transport import open_socket
+
+        if gen in self.outs or gen <= self.gen:
+            return  # repeated command
+        sock = open_socket(self.zctx, self.gen_endpoint(gen), hwm=feed_hwm(self.cfg, self.ctx.model))
+        self.outs[gen] = sock
+        self.sent[gen] = 0
+
+    def switch_gen(self, gen: int, model: dict) -> None:
+        """From the next frame on, prepare for the new model and send to its workers."""
+        from engines.meta import ModelMeta
+
+        if gen <= self.gen:
+            self.report("model_switched", gen=gen)  # repeated command: say so again, change nothing
+            return
+        self.prepare_gen(gen)
+        self.meta = ModelMeta.from_json(model["meta"])
+        self.uint8 = bool(model.get("wants_uint8", False))
+        if self.adaptive is not None:
+            from stream.adaptive import AdaptiveInput
+
+            self.adaptive = AdaptiveInput(self.meta)
+        self.feed_poller.register(self.outs[gen], self.zmq.POLLOUT)
+        self.gen = gen
+        self.report("model_switched", gen=gen)
+
+    def check_drained(self) -> None:
+        """An older generation with nothing left to send: tell the supervisor how many frames it got, so
+        that its workers are stopped once they answered every one of them."""
+        for gen in list(self.outs):
+            if gen >= self.gen or gen in self.drained_told:
+                continue
+            if any(g == gen for q in self.queues.values() for g, _, _ in q):
+                continue
+            self.drained_told.add(gen)
+            try:
+                self.feed_poller.unregister(self.outs[gen])
+            except KeyError:
+                pass
+            self.report("gen_drained", gen=gen, sent=self.sent[gen])
 
     def poll_control(self) -> list:
         self.poll_monitor()
@@ -147,6 +210,8 @@ class PreprocessStage(Stage):
             with self.metrics.busy():
                 self.take(frames)
         self.feed()
+        if self.gen:
+            self.check_drained()
         self.metrics.queue_depth = self.queued
 
     def feed(self) -> None:
@@ -155,16 +220,18 @@ class PreprocessStage(Stage):
             ids = [sid for sid, q in self.queues.items() if q]
             after = [sid for sid in ids if sid > self.last_fed]
             sid = min(after) if after else min(ids)
+            gen, msg, is_frame = self.queues[sid][0]
             try:
-                self.out.send_multipart(self.queues[sid][0], self.zmq.NOBLOCK, copy=False)
+                self.outs[gen].send_multipart(msg, self.zmq.NOBLOCK, copy=False)
             except self.zmq.Again:
                 return
             self.queues[sid].popleft()
             self.queued -= 1
+            self.sent[gen] += is_frame
             self.last_fed = sid
 
-    def enqueue(self, stream: str, msg: list) -> None:
-        self.queues.setdefault(stream, deque()).append(msg)
+    def enqueue(self, stream: str, msg: list, is_frame: bool = False) -> None:
+        self.queues.setdefault(stream, deque()).append((self.gen, msg, is_frame))
         self.queued += 1
 
     def take(self, frames: list) -> None:
@@ -200,6 +267,7 @@ class PreprocessStage(Stage):
         else:
             x = prepare_batch([frame], self.meta, uint8=self.uint8)[0]
         hdr.stamp("preprocess")
+        hdr.gen = self.gen
         # a frame that came inline (no ring, or too large for its slot) rides along to the overlay
         keep = {"frame": arrays["frame"]} if "frame" in arrays else {}
         if not self.inline and ring is not None and hdr.slot >= 0 and ring.fits("input", x.nbytes):
@@ -211,7 +279,7 @@ class PreprocessStage(Stage):
             if self.inline:
                 hdr.ring = ()  # a worker on another host cannot attach it; the overlay has its own
             msg = H.encode(hdr, {**keep, "input": x})
-        self.enqueue(hdr.stream, msg)
+        self.enqueue(hdr.stream, msg, is_frame=True)
         self.metrics.frames_out += 1
 
     def malformed(self, why: str) -> None:
