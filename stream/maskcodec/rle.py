@@ -83,6 +83,33 @@ def grouped_counts(
     return v[gstart], np.split(out, offsets[1:])
 
 
+def class_boxes(
+    starts: np.ndarray, lengths: np.ndarray, values: np.ndarray, height: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, areas, boxes) of every value present, from an image's column-major value runs, in one
+    vectorized pass (not one pass per value): ids ascending, areas in pixels, boxes (K, 4) as COCO's
+    [x, y, w, h] in whole pixels. Row-major runs (those of ``image.T``, with ``height`` = the width)
+    give the boxes transposed."""
+    order = np.argsort(values, kind="stable")
+    v, s, n = values[order], starts[order], lengths[order]
+    if v.size == 0:
+        return v, np.zeros(0, np.int64), np.zeros((0, 4), np.int64)
+    first = np.ones(v.size, bool)
+    first[1:] = v[1:] != v[:-1]
+    g = np.flatnonzero(first)
+    last = s + n - 1
+    xs, xl = s // height, last // height
+    ys, yl = s - xs * height, last - xl * height
+    x0, x1 = np.minimum.reduceat(xs, g), np.maximum.reduceat(xl, g)
+    y0, y1 = np.minimum.reduceat(ys, g), np.maximum.reduceat(yl, g)
+    # a run that crosses a column end covers the last row and then the first one
+    crosses = np.logical_or.reduceat(xl > xs, g)
+    y0[crosses] = 0
+    y1[crosses] = height - 1
+    boxes = np.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], axis=1)
+    return v[g], np.add.reduceat(n, g), boxes
+
+
 def counts_to_string(counts: np.ndarray) -> str:
     """pycocotools' rleToString, vectorized."""
     return counts_to_strings([counts])[0]
@@ -172,16 +199,3 @@ def decode_counts(counts: np.ndarray, height: int, width: int) -> np.ndarray:
     bits = np.zeros(counts.size, bool)
     bits[1::2] = True
     return np.repeat(bits, counts).reshape(width, height).T
-
-
-def bbox_from_runs(starts: np.ndarray, lengths: np.ndarray, height: int) -> list[int]:
-    """[x, y, w, h] of the pixels covered by column-major runs (COCO's bbox, in whole pixels)."""
-    if starts.size == 0:
-        return [0, 0, 0, 0]
-    last = starts + lengths - 1
-    x0, x1 = int(starts.min() // height), int(last.max() // height)
-    if ((last // height) > (starts // height)).any():
-        # a run that crosses a column end covers the last row and then the first one
-        return [x0, 0, x1 - x0 + 1, height]
-    y0, y1 = int((starts % height).min()), int((last % height).max())
-    return [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
