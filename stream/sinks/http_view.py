@@ -8,7 +8,8 @@ costs the pipeline nothing: it just skips frames, and its thread ends on a send 
 
 WebRTC beside it (stream/webrtc.py, aiortc): ``/webrtc.html`` plays the overlay as a VP8 video track with
 per-frame stats on a data channel, signalled by ``POST /webrtc/offer`` on this same server (so it is as
-exposed as the MJPEG view: 127.0.0.1 unless HOST says otherwise). Each MJPEG part carries
+exposed as the MJPEG view: 127.0.0.1 unless HOST says otherwise), with a zero playout delay so the
+browser shows each frame as soon as it is decoded. Each MJPEG part carries
 ``X-Segstream-Seq`` and ``X-Segstream-Capture`` headers, so a client can measure its latency too.
 
 Options: ``?fps=15`` (most frames per second, JPEG and WebRTC), ``quality=80`` (JPEG quality),
@@ -28,6 +29,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from stream.pacing import Pacer
 from stream.sinks.base import Result, Sink, SinkError, StreamInfo
 
 BOUNDARY = "segstreamframe"
@@ -182,7 +184,8 @@ class HttpViewSink(Sink):
     def _encode_loop(self) -> None:
         import cv2
 
-        last_frame, last_t = 0, 0.0
+        last_frame = 0
+        pacer = Pacer(self.max_fps)  # the same cap as each WebRTC peer's, jitter let through
         while not self._stop.is_set():
             with self._cond:
                 self._cond.wait_for(
@@ -197,15 +200,16 @@ class HttpViewSink(Sink):
             if not self._watched():
                 last_frame = latest[1]  # nobody watches: skip it without encoding
                 continue
-            wait = 1.0 / self.max_fps - (time.monotonic() - last_t)
+            wait = pacer.wait_s()
             if wait > 0:
-                time.sleep(wait)
+                self._stop.wait(wait)
                 continue  # take the newest frame after the pause, not this one
+            pacer.take()
             image, number = latest
             with self._cond:
                 info = self._latest_info if self._latest is latest else {}
             ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-            last_frame, last_t = number, time.monotonic()
+            last_frame = number
             if ok:
                 with self._cond:
                     self._jpeg = (buf.tobytes(), number)
@@ -241,7 +245,14 @@ class HttpViewSink(Sink):
             "viewers": self._viewers,
             "jpeg_encoded": self.encoded,
             "webrtc": (
-                {"peers": len(rtc.peers), "frames_sent": rtc.frames_sent}
+                {
+                    "peers": len(rtc.peers),
+                    "frames_sent": rtc.frames_sent,
+                    "codec": rtc.codec,
+                    "low_latency_peers": rtc.low_latency_peers,
+                    "low_latency_off": rtc.low_latency_off,
+                    "encoder_off": rtc.encoder_off,
+                }
                 if rtc is not None
                 else {"off": self.webrtc_off}
             ),
