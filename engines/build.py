@@ -60,7 +60,7 @@ def fmt_shape(s: Shape) -> str:
 
 @dataclass(frozen=True)
 class Profile:
-    """Optimization profile for the 'images' input: min/opt/max of batch, height and width."""
+    """Optimization profile of the model's inputs: min/opt/max of batch, height and width."""
 
     min: Shape
     opt: Shape
@@ -249,11 +249,21 @@ def model_precision(model: onnx.ModelProto) -> str:
     return "fp16" if is_fp16(model) else "fp32"
 
 
-def _input_dims(model: onnx.ModelProto) -> list[int | None]:
-    inp = next((i for i in model.graph.input if i.name == "images"), None)
-    if inp is None:
-        raise EngineBuildError("the ONNX model has no 'images' input (export it with `segstream export`)")
-    return [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
+def _input_dims(model: onnx.ModelProto, meta: ModelMeta) -> dict[str, list[int | None]]:
+    """Dims of every input the model declares ('images', or an RGB-D model's 'image' and 'depth')."""
+    from engines.runtime.inputs import file_layout
+
+    dims = {}
+    for name, _ in file_layout(meta):
+        inp = next((i for i in model.graph.input if i.name == name), None)
+        if inp is None:
+            raise EngineBuildError(
+                f"the ONNX model has no '{name}' input (export it with `segstream export`)"
+            )
+        dims[name] = [
+            d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim
+        ]
+    return dims
 
 
 def rebuild_command(
@@ -322,7 +332,8 @@ def build_engine(
                 "export without --fp16 for an FP32 engine"
             )
 
-    dims = _input_dims(model)
+    all_dims = _input_dims(model, meta)
+    dims = next(iter(all_dims.values()))  # the inputs share N, H and W (the first one tells)
     profile = profile or Profile.default(meta)
     for i, dim in ((2, "H"), (3, "W")):
         fixed = dims[i] if len(dims) > i else None
@@ -354,14 +365,16 @@ def build_engine(
             config.set_flag(mod.BuilderFlag.FP16)
         if precision == "int8":
             config.set_flag(mod.BuilderFlag.INT8)
-    c = meta.channels
+    # one profile, the same N x H x W range for every input (an RGB-D model's image and depth)
     prof = builder.create_optimization_profile()
-    prof.set_shape(
-        "images",
-        (profile.min[0], c, *profile.min[1:]),
-        (profile.opt[0], c, *profile.opt[1:]),
-        (profile.max[0], c, *profile.max[1:]),
-    )
+    for name, d in all_dims.items():
+        c = d[1] if len(d) > 1 and d[1] else meta.channels
+        prof.set_shape(
+            name,
+            (profile.min[0], c, *profile.min[1:]),
+            (profile.opt[0], c, *profile.opt[1:]),
+            (profile.max[0], c, *profile.max[1:]),
+        )
     config.add_optimization_profile(prof)
 
     cache_path = Path(timing_cache) if timing_cache else engine_path.with_suffix(".timing.cache")

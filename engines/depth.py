@@ -169,12 +169,24 @@ class RGBDDataset:
         return cls(rgb=ds, depth=ds.depth)
 
 
-def rgbd_input(images_rgb_u8: np.ndarray, depth_mm: np.ndarray, mean, std, spec: DepthSpec) -> np.ndarray:
-    """(N,H,W,3) uint8 RGB + (N,H,W) uint16 mm -> (N,4,H,W) float32: normalized RGB, normalized depth."""
+def rgbd_inputs(
+    images_rgb_u8: np.ndarray, depth_mm: np.ndarray, mean, std, spec: DepthSpec
+) -> dict[str, np.ndarray]:
+    """(N,H,W,3) uint8 RGB + (N,H,W) uint16 mm -> the two inputs of an RGB-D model: ``image`` (N,3,H,W)
+    float32 normalized RGB and ``depth`` (N,1,H,W) float32 normalized depth (engines.runtime.inputs)."""
     x = images_rgb_u8.astype(np.float32) / 255.0
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    d = spec.normalize(depth_mm)[..., None]
-    return np.ascontiguousarray(np.concatenate([x, d], axis=-1).transpose(0, 3, 1, 2))
+    return {
+        "image": np.ascontiguousarray(x.transpose(0, 3, 1, 2)),
+        "depth": np.ascontiguousarray(spec.normalize(depth_mm)[:, None]),
+    }
+
+
+def rgbd_input(images_rgb_u8: np.ndarray, depth_mm: np.ndarray, mean, std, spec: DepthSpec) -> np.ndarray:
+    """(N,H,W,3) uint8 RGB + (N,H,W) uint16 mm -> (N,4,H,W) float32: normalized RGB, normalized depth —
+    the one tensor an RGB-D network takes in training (``rgbd_inputs`` concatenated)."""
+    parts = rgbd_inputs(images_rgb_u8, depth_mm, mean, std, spec)
+    return np.concatenate([parts["image"], parts["depth"]], axis=1)
 
 
 # ---------------------------------------------------------------- models that take depth
@@ -199,9 +211,12 @@ def require_depth(meta: ModelMeta, has_depth: bool, hint: str) -> DepthSpec | No
     return spec
 
 
-def prepare_rgbd(frames_bgr: list[np.ndarray], depths_mm: list[np.ndarray], meta: ModelMeta) -> np.ndarray:
-    """uint8 BGR frames + uint16 mm depth images (any size, paired) -> the float32 N x 4 x H x W batch
-    an RGB-D model takes at ``meta.input_size`` (colour resized linearly, depth nearest)."""
+def prepare_rgbd(
+    frames_bgr: list[np.ndarray], depths_mm: list[np.ndarray], meta: ModelMeta
+) -> dict[str, np.ndarray]:
+    """uint8 BGR frames + uint16 mm depth images (any size, paired) -> the inputs an RGB-D model takes at
+    ``meta.input_size`` (colour resized linearly, depth nearest): {"image": float32 N x 3 x H x W,
+    "depth": float32 N x 1 x H x W}, what every runtime's ``run`` takes (engines.runtime.inputs)."""
     spec = depth_spec_of(meta)
     if spec is None:
         raise DatasetError(f"{meta.arch}: the model has no depth normalization in its metadata (not RGB-D)")
@@ -220,4 +235,4 @@ def prepare_rgbd(frames_bgr: list[np.ndarray], depths_mm: list[np.ndarray], meta
             d = cv2.resize(d, (w, h), interpolation=cv2.INTER_NEAREST)
         rgb.append(cv2.cvtColor(f, cv2.COLOR_BGR2RGB))
         dep.append(d)
-    return rgbd_input(np.stack(rgb), np.stack(dep), meta.mean, meta.std, spec)
+    return rgbd_inputs(np.stack(rgb), np.stack(dep), meta.mean, meta.std, spec)

@@ -169,8 +169,10 @@ def explain(
     method: str = "gradcam",
     layer: str | None = None,
     steps: int = 32,
+    depth_mm: np.ndarray | None = None,
 ) -> Explanation:
-    """Saliency of ``class_name`` for one uint8 BGR image (any size; run at the model's input size)."""
+    """Saliency of ``class_name`` for one uint8 BGR image (any size; run at the model's input size). An
+    RGB-D model also takes the image's uint16 depth in mm (``depth_mm``): the saliency is over both."""
     import cv2
 
     from engines.runtime.preprocess import prepare_batch
@@ -183,7 +185,14 @@ def explain(
     net = net.eval()
     for p in net.parameters():
         p.requires_grad_(False)  # gradients are wanted wrt activations/inputs only
-    x = torch.from_numpy(prepare_batch([image_bgr], meta))
+    from engines.depth import prepare_rgbd, require_depth
+
+    if require_depth(meta, depth_mm is not None, "give --depth FILE (a 16-bit PNG in mm)") is not None:
+        # the network as trained takes colour and depth as one tensor (engines.depth)
+        parts = prepare_rgbd([image_bgr], [depth_mm], meta)
+        x = torch.from_numpy(np.concatenate([parts["image"], parts["depth"]], axis=1))
+    else:
+        x = torch.from_numpy(prepare_batch([image_bgr], meta))
     if method == "gradcam":
         layer = layer or default_layer(net, meta.arch, meta.classes.num_classes)
         with torch.enable_grad():

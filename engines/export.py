@@ -1,9 +1,12 @@
 """PyTorch model -> ONNX file that every segstream runtime can run on its own.
 
 The exported graph takes ``images`` (float32 NCHW, normalized) and returns ``ids`` (uint8 argmax) and
-``confidence`` (uint8 max softmax * 255), so no backend pays for a NumPy argmax over the logits. The
-model's ModelMeta JSON rides in metadata_props["segstream.meta"]. Every export is checked against
-PyTorch: max |logits difference| under a tolerance and class-id masks agreeing, else ExportError.
+``confidence`` (uint8 max softmax * 255), so no backend pays for a NumPy argmax over the logits. An RGB-D
+model (DepthSpec in its metadata) takes two inputs instead, ``image`` (float32 N x 3 x H x W, normalized
+as RGB models' ``images``) and ``depth`` (float32 N x 1 x H x W, normalized as its DepthSpec says); its
+metadata lists them under ``extra["inputs"]`` (engines.runtime.inputs). The model's ModelMeta JSON rides
+in metadata_props["segstream.meta"]. Every export is checked against PyTorch: max |logits difference|
+under a tolerance and class-id masks agreeing, else ExportError.
 """
 
 from __future__ import annotations
@@ -152,7 +155,8 @@ def synthetic_images(meta: ModelMeta, count: int = 2, seed: int = 0) -> list[np.
 # ---------------------------------------------------------------- export
 
 
-def _torch_export(head, dummy, opset: int, dynamic_hw: bool) -> onnx.ModelProto:
+def _torch_export(head, dummy: dict, opset: int, dynamic_hw: bool) -> onnx.ModelProto:
+    """``dummy``: input name -> example tensor, in the order ``head`` takes them."""
     import torch
 
     axes_in = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
@@ -162,12 +166,12 @@ def _torch_export(head, dummy, opset: int, dynamic_hw: bool) -> onnx.ModelProto:
         warnings.simplefilter("ignore")  # TracerWarnings about shape-dependent Python ints
         torch.onnx.export(
             head,
-            (dummy,),
+            tuple(dummy.values()),
             buf,
-            input_names=[INPUT_NAME],
+            input_names=list(dummy),
             output_names=list(OUTPUT_NAMES),
             opset_version=opset,
-            dynamic_axes={INPUT_NAME: axes_in, **{n: axes_out for n in OUTPUT_NAMES}},
+            dynamic_axes={**{n: axes_in for n in dummy}, **{n: axes_out for n in OUTPUT_NAMES}},
             do_constant_folding=True,
             dynamo=False,  # the dynamo exporter needs onnxscript, which core installs lack
         )
@@ -217,10 +221,19 @@ def _logits_tensor(model: onnx.ModelProto) -> tuple[str, int]:
 
 
 def _torch_logits(net, batch: np.ndarray) -> np.ndarray:
+    """The PyTorch network's logits on its training input (RGB-D: the 4-channel concatenation)."""
     import torch
 
     with torch.inference_mode():
-        return net(torch.from_numpy(batch)).float().numpy()
+        return net(torch.from_numpy(np.ascontiguousarray(batch))).float().numpy()
+
+
+def _graph_feed(batch: np.ndarray, meta: ModelMeta) -> dict[str, np.ndarray]:
+    """The graph's inputs for a training-form batch: {'images': batch}, or an RGB-D model's image and
+    depth channels apart (engines.runtime.inputs)."""
+    from engines.runtime.inputs import as_inputs, feed, file_layout, unpack
+
+    return feed(as_inputs(unpack(batch, meta), meta), [n for n, _ in file_layout(meta)])
 
 
 def _hw_is_dynamic(model: onnx.ModelProto, net, meta: ModelMeta, notices: list[str]) -> bool:
@@ -236,7 +249,7 @@ def _hw_is_dynamic(model: onnx.ModelProto, net, meta: ModelMeta, notices: list[s
         notices.append(f"PyTorch model fails at {w2}x{h2} ({type(e).__name__}); exporting fixed H/W")
         return False
     try:
-        ids = _session(model).run(["ids"], {INPUT_NAME: x})[0]
+        ids = _session(model).run(["ids"], _graph_feed(x, meta))[0]
     except Exception as e:  # noqa: BLE001
         notices.append(f"dynamic H/W graph fails in ONNX Runtime at {w2}x{h2} ({str(e)[:100]}); fixed H/W")
         return False
@@ -260,16 +273,23 @@ def verify(
     from engines.runtime.preprocess import prepare_batch
 
     fp16 = is_fp16(model)
-    batch = prepare_batch(list(frames)[: max(1, min(4, meta.max_batch))], meta)
+    frames = list(frames)[: max(1, min(4, meta.max_batch))]
     spec = depth_spec_of(meta)
-    if spec is not None and batch.shape[1] == 4:  # RGB-D: a depth channel as training normalized it
-        mm = np.random.default_rng(2).uniform(0, 1.2 * spec.max_mm, batch[:, 3].shape)
+    if spec is not None:  # RGB-D: the colour frames, and depth as training normalized it
+        from engines.depth import prepare_rgbd
+
+        colour = [f[..., :3] for f in frames]
+        h, w = colour[0].shape[:2]
+        mm = np.random.default_rng(2).uniform(0, 1.2 * spec.max_mm, (len(colour), h, w))
         mm[np.random.default_rng(3).random(mm.shape) < 0.02] = 0  # sensor holes
-        batch[:, 3] = spec.normalize(mm.astype(np.uint16))
+        parts = prepare_rgbd(colour, list(mm.astype(np.uint16)), meta)
+        batch = np.concatenate([parts["image"], parts["depth"]], axis=1)
+    else:
+        batch = prepare_batch(frames, meta)
     ref = _torch_logits(net, batch)
     logits_name, elem = _logits_tensor(model)
     sess = _session(model, [(logits_name, elem)])
-    ids, logits = sess.run(["ids", logits_name], {INPUT_NAME: batch})
+    ids, logits = sess.run(["ids", logits_name], _graph_feed(batch, meta))
     logits = logits.astype(np.float32)
     # relative to the logits' own scale: randomly initialised nets emit logits near 1e-6
     scale = max(1e-3, float(np.abs(ref).max()))
@@ -319,15 +339,25 @@ def export_onnx(
     """Export an in-memory logits network with its metadata to ``path`` and verify it against PyTorch."""
     import torch
 
+    from engines.runtime.inputs import rgbd_layout
     from engines.runtime.torch import SegmentationHead
 
     if opset < 17:
         raise ExportError(f"opset {opset} is too old: segstream exports need opset >= 17")
     path = Path(path)
     net = model.eval().float().cpu()
-    head = SegmentationHead(net).eval()
     w, h = meta.input_size
-    dummy = torch.zeros(1, meta.channels, h, w)
+    if depth_spec_of(meta) is not None:
+        # RGB-D: two inputs, image and depth (early fusion concatenates them in the graph, mid fusion
+        # feeds depth to its branch); the metadata says so, for every runtime and the contract check
+        from engines.models.fusion import RGBDInputs
+
+        meta = replace(meta, extra={**meta.extra, "inputs": rgbd_layout(meta.channels)})
+        head = SegmentationHead(RGBDInputs(net)).eval()
+        dummy = {"image": torch.zeros(1, meta.channels - 1, h, w), "depth": torch.zeros(1, 1, h, w)}
+    else:
+        head = SegmentationHead(net).eval()
+        dummy = {INPUT_NAME: torch.zeros(1, meta.channels, h, w)}
     notices: list[str] = []
 
     dynamic_hw = not static

@@ -9,7 +9,8 @@ Layout (Triton's documented one; `tritonserver --model-repository DIR` serves it
 
 The metadata also goes into the config's ``parameters`` (key ``segstream.meta``), where a client reads it
 with one gRPC call (engines/runtime/triton.py), so edge hosts need no model file. The inputs and outputs
-are segstream's contract: ``images`` FP32 [C, H, W] (H, W -1 when dynamic), ``ids`` UINT8 [H, W] and,
+are segstream's contract: ``images`` FP32 [C, H, W] (H, W -1 when dynamic; an RGB-D model: ``image``
+FP32 [3, H, W] and ``depth`` FP32 [1, H, W]), ``ids`` UINT8 [H, W] and,
 when present, ``confidence`` UINT8 [H, W]; the batch dimension is implicit (``max_batch_size``).
 """
 
@@ -89,13 +90,17 @@ def config_pbtxt(
     filename = {"onnxruntime": "model.onnx", "tensorrt": "model.plan"}[backend]
     gpus = f"\n    gpus: [ {', '.join(map(str, opts.gpus))} ]" if opts.gpus and opts.kind == "gpu" else ""
     outs = ",\n".join(_tensor(o, "TYPE_UINT8", [h, w]) for o in outputs)
+    # 'images', or an RGB-D model's 'image' and 'depth' (engines.runtime.inputs)
+    from engines.runtime.inputs import file_layout
+
+    ins = ",\n".join(_tensor(n, "TYPE_FP32", [c, h, w]) for n, c in file_layout(meta))
     return (
         f'name: "{opts.name}"\n'
         f'backend: "{backend}"\n'
         f'platform: "{platform}"\n'
         f'default_model_filename: "{filename}"\n'
         f"max_batch_size: {max_batch}\n"
-        f"input [\n{_tensor('images', 'TYPE_FP32', [meta.channels, h, w])}\n]\n"
+        f"input [\n{ins}\n]\n"
         f"output [\n{outs}\n]\n"
         "dynamic_batching {\n"
         f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
@@ -119,7 +124,7 @@ def _onnx_facts(path: Path) -> tuple[ModelMeta, tuple[int, int], list[str]]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    images = next(i for i in model.graph.input if i.name == "images")
+    images = next(i for i in model.graph.input if i.name in ("images", "image"))
     dims = [d.dim_value if d.HasField("dim_value") else -1 for d in images.type.tensor_type.shape.dim]
     hw = (dims[2] or -1, dims[3] or -1) if len(dims) == 4 else (-1, -1)
     outputs = [o.name for o in model.graph.output if o.name in ("ids", "confidence")]

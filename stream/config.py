@@ -66,8 +66,11 @@ class PipelineConfig:
     tile_overlap: float = 0.25
     # live sources: step the model input size down under drops, back up with headroom (stream.adaptive)
     adaptive: bool = False
-    # RGB-D models: a folder of 16-bit depth PNGs (mm) paired with the colour frames by index
+    # RGB-D models: the depth source (stream.sources.depth: a folder of 16-bit PNGs in mm, a depth video,
+    # synthetic:) and how its frames pair with the colour frames: by index, or by timestamp within a tolerance
     depth: str | None = None
+    depth_pairing: str = "index"
+    depth_tolerance_ms: float = 20.0
     # several streams (stream.streams): tables of id, uri, sinks, live, max_frames; empty: the one stream
     # given by source/sinks/live/max_frames, id "0"
     streams: list[dict[str, Any]] = field(default_factory=list)
@@ -110,6 +113,12 @@ class PipelineConfig:
         from stream.uri import open_sink
 
         return tuple(sorted({m for s in self.sinks for m in getattr(open_sink(s), "wants_maps", ())}))
+
+    def wants_depth(self) -> bool:
+        """Whether a sink republishes the depth image (zmq-pub ?depth=raw|png)."""
+        from stream.uri import open_sink
+
+        return any(getattr(open_sink(s), "wants_depth", False) for s in self.sinks)
 
     def validate(self) -> PipelineConfig:
         def bad(key: str, value: Any, why: str) -> ConfigError:
@@ -169,13 +178,23 @@ class PipelineConfig:
             raise bad("adaptive", self.adaptive, "steps the model input size: needs infer_mode 'scaled'")
         if self.adaptive and self.batch not in (None, 1):
             raise bad("batch", self.batch, "adaptive runs infer one frame at a time (sizes change)")
+        if self.depth_pairing not in ("index", "timestamp"):
+            raise bad("depth_pairing", self.depth_pairing, "must be index or timestamp")
+        tol = self.depth_tolerance_ms
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol <= 10000:
+            raise bad("depth_tolerance_ms", tol, "must be milliseconds in (0, 10000]")
         if self.depth is not None:
-            if not isinstance(self.depth, str) or not Path(self.depth.removeprefix("images:")).is_dir():
-                raise bad("depth", self.depth, "must be a folder of 16-bit depth PNGs (mm)")
-            if self.infer_mode != "scaled" or self.adaptive or self.remote_infer:
-                raise bad(
-                    "depth", self.depth, "RGB-D runs need infer_mode 'scaled', local workers, no adaptive"
-                )
+            from stream.sources.depth import open_depth
+
+            if not isinstance(self.depth, str) or not self.depth:
+                raise bad("depth", self.depth, "must be a depth source: folder, depth video or synthetic:")
+            try:
+                open_depth(self.depth)  # the URI and its options; the source opens when the run checks it
+            except SegstreamError as e:
+                raise bad("depth", self.depth, str(e)) from None
+            if self.infer_mode != "scaled" or self.adaptive:
+                # remote workers are fine: preprocess sends them the prepared RGB-D input inline
+                raise bad("depth", self.depth, "RGB-D runs need infer_mode 'scaled', no adaptive")
             if len(self.streams) > 1:
                 raise bad("depth", self.depth, "pairs depth with one stream (several streams given)")
         if not isinstance(self.streams, list):

@@ -61,8 +61,9 @@ class FrameHeader:
     dtype: str = "uint8"
     drops: dict[str, int] = field(default_factory=dict)  # cumulative drop counters by cause
     parts: list[Part] = field(default_factory=list)  # inline arrays, in multipart order
-    # the stream's shared-memory ring (name, slots, frame_bytes, input_bytes): shared stages (preprocess,
-    # infer) serve many streams, each with its own ring, and attach the one a frame names; () = none
+    # the stream's shared-memory ring (name, slots, frame_bytes, input_bytes[, depth_bytes]): shared stages
+    # (preprocess, infer) serve many streams, each with its own ring, and attach the one a frame names;
+    # () = none
     ring: tuple = ()
     # what infer is asked for besides the class ids ("confidence", "entropy", "margin"): the stream's sinks
     # decide, and a remote worker reads it here as a local one does
@@ -72,6 +73,7 @@ class FrameHeader:
     source: dict[str, Any] = field(default_factory=dict)
     link: dict[str, Any] = field(default_factory=dict)  # a live source's link counters (capture)
     input: tuple = ()  # (shape, dtype) of the model input preprocess wrote into the frame's ring slot
+    depth: tuple = ()  # RGB-D: (shape, dtype) of the depth image capture wrote into the frame's ring slot
     tiles: float | None = None  # tiled mode: the tile overlap infer blends with (preprocess)
     infer_size: tuple[int, ...] = ()  # adaptive mode: the model input size preprocess chose (w, h)
     gen: int = 0  # the model generation preprocess prepared the frame for (0 until a model swap)
@@ -106,6 +108,8 @@ class FrameHeader:
             d["ln"] = self.link
         if self.input:
             d["in"] = [list(self.input[0]), self.input[1]]
+        if self.depth:
+            d["dp"] = [list(self.depth[0]), self.depth[1]]
         if self.tiles is not None:
             d["tl"] = self.tiles
         if self.infer_size:
@@ -140,12 +144,12 @@ class FrameHeader:
             ring = d.get("rg", [])
             if ring and not (
                 isinstance(ring, list)
-                and len(ring) == 4
+                and len(ring) in (4, 5)
                 and isinstance(ring[0], str)
                 and ring[0].startswith("segstream-")
                 and all(type(v) is int and v >= 0 for v in ring[1:])
             ):
-                raise HeaderError(f"malformed frame header: ring {ring!r} is not [segstream-NAME, 3 sizes]")
+                raise HeaderError(f"malformed frame header: ring {ring!r} is not [segstream-NAME, 3-4 sizes]")
             want = d.get("w", [])
             if not isinstance(want, list) or not all(w in WANTS for w in want):
                 raise HeaderError(f"malformed frame header: want {want!r} names no known map")
@@ -161,6 +165,15 @@ class FrameHeader:
             inp = d.get("in", [])
             if inp and not (isinstance(inp, list) and len(inp) == 2 and isinstance(inp[1], str)):
                 raise HeaderError(f"malformed frame header: input {inp!r} is not [shape, dtype]")
+            dep = d.get("dp", [])
+            if dep and not (
+                isinstance(dep, list)
+                and len(dep) == 2
+                and isinstance(dep[0], list)
+                and len(dep[0]) == 2
+                and dep[1] in ("<u2", "uint16")
+            ):
+                raise HeaderError(f"malformed frame header: depth {dep!r} is not [[H, W], uint16]")
             tiles = d.get("tl")
             if tiles is not None and (isinstance(tiles, bool) or not isinstance(tiles, (int, float))):
                 raise HeaderError(f"malformed frame header: tile overlap {tiles!r} is not a number")
@@ -183,6 +196,7 @@ class FrameHeader:
                 source=source,
                 link=link,
                 input=(_ints(inp[0], "input shape"), inp[1]) if inp else (),
+                depth=(_ints(dep[0], "depth shape"), dep[1]) if dep else (),
                 tiles=float(tiles) if tiles is not None else None,
                 infer_size=_ints(d.get("is", []), "infer size"),
                 gen=gen,

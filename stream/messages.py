@@ -34,6 +34,9 @@ CONFIDENCE_ENCODINGS = ("raw", "png")
 #: optional uncertainty planes (engines.calibration; uint8 like confidence): entropy / ln C * 255 and
 #: top-1 minus top-2 probability * 255, each a part named after the map, encoded raw|png
 UNCERTAINTY_MAPS = ("entropy", "margin")
+#: RGB-D runs (zmq-pub ``?depth=raw|png``): the paired depth image, uint16 mm (0 = no measurement) at the
+#: mask's size, little-endian raw or a 16-bit grey PNG
+DEPTH_ENCODINGS = ("raw", "png")
 # One RLE run: uint32 little-endian run length, then the uint8 class id (5 bytes, packed).
 RLE_DTYPE = np.dtype([("length", "<u4"), ("value", "u1")])
 CLASSES_REQUEST = b"classes"
@@ -84,6 +87,7 @@ class MaskMessage:
     classes: ClassTable | None = None
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # 'entropy'/'margin' (H, W) uint8, if sent
     segments: dict[str, Any] | None = None  # the JSON document of a coco-rle / polygons payload
+    depth: np.ndarray | None = None  # (H, W) uint16 mm, 0 = no measurement (RGB-D runs, ?depth=raw|png)
     received: float = field(default_factory=time.time)
     size: int = 0  # bytes on the wire, all parts
 
@@ -179,6 +183,44 @@ def _png_decode(payload: bytes | memoryview, width: int, height: int, what: str)
     if img is None or img.dtype != np.uint8 or img.shape != (height, width):
         raise MessageError("malformed", f"{what} part is not a {width}x{height} 8-bit grayscale PNG")
     return img
+
+
+def encode_depth(depth: np.ndarray, encoding: str) -> bytes:
+    """(H, W) uint16 mm -> little-endian raw bytes or a 16-bit grey PNG."""
+    if encoding == "raw":
+        return np.ascontiguousarray(depth, dtype="<u2").tobytes()
+    if encoding == "png":
+        import cv2
+
+        img = np.ascontiguousarray(depth, np.uint16)
+        ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise MessageError("malformed", "PNG encoding of the depth part failed")
+        return buf.tobytes()
+    raise MessageError("malformed", f"depth encoding {encoding!r} is unknown (expected {DEPTH_ENCODINGS})")
+
+
+def decode_depth(payload: bytes | memoryview, encoding: str, width: int, height: int) -> np.ndarray:
+    """A depth part -> (H, W) uint16 mm; sizes are checked before anything is decoded."""
+    if encoding == "raw":
+        if len(payload) != 2 * width * height:
+            n = 2 * width * height
+            raise MessageError(
+                "truncated", f"depth part has {len(payload)} bytes, expected {width}x{height}x2={n}"
+            )
+        return np.frombuffer(payload, "<u2").reshape(height, width).astype(np.uint16, copy=False)
+    if encoding == "png":
+        import cv2
+
+        head = bytes(payload[:29])  # IHDR first: size, 16 bits, grey, not interlaced
+        expected = PNG_SIGNATURE + b"\x00\x00\x00\x0dIHDR" + struct.pack(">II", width, height) + b"\x10\x00"
+        if len(head) < 29 or head[:26] != expected or head[26:29] != b"\x00\x00\x00":
+            raise MessageError("malformed", f"depth part is not a {width}x{height} 16-bit grayscale PNG")
+        img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
+        if img is None or img.dtype != np.uint16 or img.shape != (height, width):
+            raise MessageError("malformed", f"depth part is not a {width}x{height} 16-bit grayscale PNG")
+        return img
+    raise MessageError("malformed", f"depth encoding {encoding!r} is unknown")
 
 
 _SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
@@ -288,10 +330,13 @@ def encode_mask_message(
     maps: Mapping[str, np.ndarray] | None = None,
     infer_size: tuple[int, int] | None = None,
     maps_encoding: str = "raw",
+    depth: np.ndarray | None = None,
+    depth_encoding: str = "raw",
 ) -> list[bytes | memoryview]:
     """Build the multipart message. ``timestamps`` are time.time() seconds by stage name;
     ``segments``: options of the coco-rle / polygons encodings (components, tolerance); ``maps``:
-    uncertainty planes by name (UNCERTAINTY_MAPS), each one more part, after confidence."""
+    uncertainty planes by name (UNCERTAINTY_MAPS), each one more part, after confidence; ``depth``:
+    (H, W) uint16 mm at the mask's size, one more part after the maps (DEPTH_ENCODINGS)."""
     if mask.ndim != 2:
         raise MessageError("malformed", f"mask must be (H, W), got shape {mask.shape}")
     height, width = mask.shape
@@ -323,6 +368,11 @@ def encode_mask_message(
             raise MessageError("malformed", f"unknown {name} encoding {maps_encoding!r}")
         extra.append(encode_mask(plane, maps_encoding))
         parts.append({"name": name, "encoding": maps_encoding, "bytes": len(extra[-1])})
+    if depth is not None:
+        if depth.shape != mask.shape or depth.dtype != np.uint16:
+            raise MessageError("malformed", f"depth {depth.dtype} {depth.shape} != uint16 {mask.shape}")
+        extra.append(encode_depth(depth, depth_encoding))
+        parts.append({"name": "depth", "encoding": depth_encoding, "bytes": len(extra[-1])})
     if overlay_jpeg is not None:
         extra.append(overlay_jpeg)
         parts.append({"name": "overlay", "encoding": "jpeg", "bytes": len(overlay_jpeg)})
@@ -534,6 +584,10 @@ def decode_mask_message(frames: Sequence[bytes | memoryview], limits: Limits = L
             if spec["encoding"] not in CONFIDENCE_ENCODINGS:
                 raise MessageError("malformed", f"seq {seq}: {spec['name']} encoding {spec['encoding']!r}")
             msg.maps[spec["name"]] = decode_plane(payload, spec["encoding"], w, h, spec["name"])
+        elif spec["name"] == "depth":
+            if spec["encoding"] not in DEPTH_ENCODINGS:
+                raise MessageError("malformed", f"seq {seq}: depth encoding {spec['encoding']!r}")
+            msg.depth = decode_depth(payload, spec["encoding"], w, h)
         elif spec["name"] == "overlay" and spec["encoding"] == "jpeg":
             size = jpeg_size(payload)
             if size != (w, h):

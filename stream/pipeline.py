@@ -117,11 +117,16 @@ def ring_layout(cfg: PipelineConfig, model: dict[str, Any], frame_size: tuple[in
     w, h = meta.input_size
     input_bytes = w * h * meta.channels * (1 if model["wants_uint8"] else 4)
     frame_bytes = frame_size[0] * frame_size[1] * 3 if frame_size else FRAME_CAPACITY
+    from stream.sources.depth import ring_bytes
+
+    depth_bytes = ring_bytes(cfg.depth, frame_size)  # RGB-D: the paired depth image beside the frame
     free = shutil.disk_usage("/dev/shm").free if Path("/dev/shm").is_dir() else 0
     # a full tmpfs would SIGBUS the writer: without room for the frames, the slots keep only the model
     # inputs and frames travel through the sockets
     for frame_cap in (frame_bytes, 0):
-        layout = RingLayout(slots=cfg.slots, frame_bytes=frame_cap, input_bytes=input_bytes)
+        layout = RingLayout(
+            slots=cfg.slots, frame_bytes=frame_cap, input_bytes=input_bytes, depth_bytes=depth_bytes
+        )
         if layout.total_bytes <= free * 0.8:
             if frame_cap != frame_bytes:
                 print(

@@ -2,7 +2,8 @@
 
 One POSIX segment (``/dev/shm/segstream-<pid>-<token>``) holds ``slots`` fixed-size slots. Each slot
 has a frame region (the captured BGR frame) and an input region (the model input the preprocess
-stage prepares for that frame), so a frame and its prepared input share one slot number.
+stage prepares for that frame), so a frame and its prepared input share one slot number. An RGB-D run's
+ring has a third region per slot, ``depth``: the uint16 depth image paired with the frame.
 
 Ownership: the supervisor creates the segment and is the only process that unlinks it on a normal
 exit; stages attach without tracking. If the supervisor is SIGKILLed, its multiprocessing resource
@@ -43,17 +44,30 @@ class RingLayout:
     slots: int
     frame_bytes: int  # capacity of a slot's frame region
     input_bytes: int  # capacity of a slot's prepared-input region
+    depth_bytes: int = 0  # capacity of a slot's depth region (RGB-D runs; 0: none)
 
     @property
     def slot_bytes(self) -> int:
-        return _align(self.frame_bytes) + _align(max(self.input_bytes, 1))
+        return _align(self.frame_bytes) + _align(max(self.input_bytes, 1)) + _align(self.depth_bytes)
 
     @property
     def total_bytes(self) -> int:
         return self.slots * self.slot_bytes
 
     def to_dict(self) -> dict[str, int]:
-        return {"slots": self.slots, "frame_bytes": self.frame_bytes, "input_bytes": self.input_bytes}
+        d = {"slots": self.slots, "frame_bytes": self.frame_bytes, "input_bytes": self.input_bytes}
+        if self.depth_bytes:  # RGB-D only: rings without depth keep their three sizes
+            d["depth_bytes"] = self.depth_bytes
+        return d
+
+    def capacity(self, which: str) -> int:
+        return {"frame": self.frame_bytes, "input": self.input_bytes, "depth": self.depth_bytes}[which]
+
+    def offset(self, which: str) -> int:
+        """Where a region starts inside its slot: frame, then input, then depth."""
+        after_frame = _align(self.frame_bytes)
+        after_input = after_frame + _align(max(self.input_bytes, 1))
+        return {"frame": 0, "input": after_frame, "depth": after_input}[which]
 
 
 def _shm_open(name: str, create: bool, size: int = 0) -> mmap.mmap:
@@ -131,14 +145,14 @@ class FrameRing:
     def _region(self, slot: int, which: str, nbytes: int) -> np.ndarray:
         if not 0 <= slot < self.layout.slots:
             raise ShmError(f"slot {slot} outside ring of {self.layout.slots}")
-        cap = self.layout.frame_bytes if which == "frame" else self.layout.input_bytes
+        cap = self.layout.capacity(which)
         if nbytes > cap:
             raise ShmError(f"{which} of {nbytes} bytes does not fit a {cap}-byte slot")
-        start = slot * self.layout.slot_bytes + (0 if which == "frame" else _align(self.layout.frame_bytes))
+        start = slot * self.layout.slot_bytes + self.layout.offset(which)
         return self._np[start : start + nbytes]
 
     def fits(self, which: str, nbytes: int) -> bool:
-        return nbytes <= (self.layout.frame_bytes if which == "frame" else self.layout.input_bytes)
+        return nbytes <= self.layout.capacity(which)
 
     def write(self, slot: int, which: str, arr: np.ndarray) -> None:
         dst = self._region(slot, which, arr.nbytes)
@@ -172,6 +186,19 @@ class FrameRing:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def depth_of(ring: FrameRing | None, hdr, arrays: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The depth image paired with a frame: inline (``arrays["depth"]``), or in its ring slot when the
+    header says so (``hdr.depth`` = (shape, dtype)); a view, valid until the slot is acknowledged."""
+    if "depth" in arrays:
+        return arrays["depth"]
+    if not hdr.depth:
+        return None
+    if ring is None or hdr.slot < 0:
+        raise ShmError(f"seq {hdr.seq}: depth in a ring slot, but no ring or slot to read it from")
+    shape, dtype = hdr.depth
+    return ring.view(hdr.slot, "depth", shape, dtype)
 
 
 class SlotLedger:

@@ -5,6 +5,8 @@
         print(msg.seq, msg.mask.shape, msg.classes.names[msg.mask[0, 0]])
         if msg.entropy is not None:  # publisher option ?maps=entropy,margin (else None)
             print("mean entropy", msg.entropy.mean() / 255, "unsure pixels", (msg.margin < 25).mean())
+        if msg.depth is not None:  # RGB-D runs, publisher option ?depth=raw|png: uint16 mm, 0 = none
+            print("median depth of class 0:", np.median(msg.depth[(msg.mask == 0) & (msg.depth > 0)]), "mm")
 
 Lossy by default (SUB on PORT): the receive queue is small and each ``recv`` drains what queued
 up while the caller was busy and returns the newest mask, so a slow reader stays current and counts

@@ -4,8 +4,9 @@
 
 PyTriton (``nvidia-pytriton``, a PyPI wheel) bundles the ``tritonserver`` binary and runs this Python callable
 as a Triton model: the callable runs the ONNX model with ONNX Runtime. Clients see a regular Triton model:
-input ``images`` (float32, N x C x H x W, normalized), outputs ``ids`` (uint8 class ids) and, when the model
-has it, ``confidence``; dynamic batching merges requests from several clients. The model's segstream metadata
+input ``images`` (float32, N x C x H x W, normalized; an RGB-D model's two, ``image`` and ``depth``), outputs
+``ids`` (uint8 class ids) and, when the model has it, ``confidence``; dynamic batching merges requests from
+several clients. The model's segstream metadata
 (classes, palette, normalization) is served in the model config's ``parameters`` under ``segstream.meta``,
 as `segstream export --triton-repo` writes it for a real Triton server.
 
@@ -78,11 +79,13 @@ def main() -> int:
         return 2
     meta = json.loads(meta_json)
     outputs = [o.name for o in session.get_outputs() if o.name in ("ids", "confidence")]
-    channels = int(meta.get("channels", 3))
+    # 'images' (N x C x H x W), or an RGB-D model's 'image' (N x 3 x H x W) and 'depth' (N x 1 x H x W)
+    inputs = [(i.name, int(i.shape[1])) for i in session.get_inputs()]
 
     @batch
-    def infer(images: np.ndarray) -> dict[str, np.ndarray]:
-        got = session.run(outputs, {"images": np.ascontiguousarray(images, dtype=np.float32)})
+    def infer(**arrays: np.ndarray) -> dict[str, np.ndarray]:
+        feed = {name: np.ascontiguousarray(arrays[name], dtype=np.float32) for name, _ in inputs}
+        got = session.run(outputs, feed)
         return dict(zip(outputs, got, strict=True))
 
     config = TritonConfig(
@@ -110,7 +113,7 @@ def main() -> int:
     triton.bind(
         model_name=args.name,
         infer_func=infer,
-        inputs=[Tensor(name="images", dtype=np.float32, shape=(channels, -1, -1))],
+        inputs=[Tensor(name=name, dtype=np.float32, shape=(c, -1, -1)) for name, c in inputs],
         outputs=[Tensor(name=n, dtype=np.uint8, shape=(-1, -1)) for n in outputs],
         config=model_config,
     )

@@ -1,7 +1,9 @@
 """RGB-D segmentation: Fast-SCNN with depth fused early (a 4th input channel) or at 1/8 (mid fusion).
 
-Both take one float32 N x 4 x H x W tensor (normalized RGB, then normalized depth: engines.depth), so
-an exported model has one 4-channel input that every runtime already feeds.
+Training feeds both one float32 N x 4 x H x W tensor (normalized RGB, then normalized depth:
+engines.depth). An exported model takes two inputs instead, ``image`` (N x 3 x H x W) and ``depth``
+(N x 1 x H x W), through ``RGBDInputs``: early fusion concatenates them inside the graph, mid fusion feeds
+``depth`` straight into its depth branch (``forward_rgbd``), so the graph has no concat-then-slice.
 
 - early: the RGB network with a 4-channel first convolution (``build_model(arch, in_channels=4)``).
 - mid (``fastscnn-rgbd``): a light depth branch (three strided convolutions to 1/8) whose features are
@@ -57,13 +59,34 @@ class FastSCNNRGBD(FastSCNN):
         init_weights(self.depth_branch)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rgb, depth = x[:, :3], x[:, 3:4]
+        return self.forward_rgbd(x[:, :3], x[:, 3:4])
+
+    def forward_rgbd(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        """Logits from the colour and the depth input apart (the two inputs of an exported model)."""
         shallow = self.downsample(rgb)
         d = self.depth_branch(depth)
         shallow = self.fuse(shallow, resize_to(d, shallow))
         deep = self.global_features(shallow)
         y = self.classifier(self.head(self.fusion(shallow, deep)))
-        return resize_to(y, x)
+        return resize_to(y, rgb)
+
+
+def forward_rgbd(net: nn.Module, image: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+    """An RGB-D network's logits from its two inputs: a network with its own ``forward_rgbd`` (mid
+    fusion) takes them apart; any other 4-channel network (early fusion) takes them concatenated."""
+    two = getattr(net, "forward_rgbd", None)
+    return two(image, depth) if two is not None else net(torch.cat([image, depth], dim=1))
+
+
+class RGBDInputs(nn.Module):
+    """A 4-channel RGB-D network as a module of two inputs, ``(image, depth)``: what export traces."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, image: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        return forward_rgbd(self.net, image, depth)
 
 
 #: networks that only exist with depth (built by name through engines.models.build_model)

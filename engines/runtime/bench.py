@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import SegstreamError
+from engines.runtime.inputs import is_rgbd
 
 SIZES = ((480, 360), (1024, 512), (1280, 720))
 BATCHES = (1, 4)
@@ -204,7 +205,10 @@ def run_bench(
                     progress(cases[-1])
                 break
             for b in batches:
-                batch = rt.prepare(frames[:b] if len(frames) >= b else (frames * b)[:b])
+                chosen = frames[:b] if len(frames) >= b else (frames * b)[:b]
+                # an RGB-D model takes a depth image per frame: a flat 2 m (the timing ignores values)
+                depth = [np.full(f.shape[:2], 2000, np.uint16) for f in chosen] if is_rgbd(rt.meta) else None
+                batch = rt.prepare(chosen, depth=depth)
                 ts = time_runtime(rt, batch, warmup, iters, max_seconds)
                 c = Case(
                     backend,

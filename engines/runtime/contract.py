@@ -1,8 +1,10 @@
 """The model contract: what a model file must be for segstream to run it, checked when it is loaded.
 
 Input: one float ``images`` tensor, N x C x H x W (C = the metadata's channels; H/W, when the graph fixes
-them, = the metadata's input size). Outputs: ``ids``, uint8 class ids N x H' x W', every id below the
-metadata's class count, and optionally ``confidence``, uint8 of the same shape. ``segstream export``
+them, = the metadata's input size) — or, for an RGB-D model exported with two inputs, the ones its
+metadata lists (``extra["inputs"]``: ``image`` N x 3 x H x W, ``depth`` N x 1 x H x W;
+engines.runtime.inputs). Outputs: ``ids``, uint8 class ids N x H' x W', every id below the metadata's
+class count, and optionally ``confidence``, uint8 of the same shape. ``segstream export``
 writes exactly that. A file that breaks the contract (a classifier's 1x1000 logits, a float image, an
 ArgMax over 19 classes with an 11-class table, a JPEG renamed .onnx) fails at load with one line naming
 the file and what is wrong — not with a garbage video or a traceback deep in the overlay stage.
@@ -259,21 +261,28 @@ def check_io(
     def fail(what: str) -> ModelFileError:
         return ModelFileError(f"{path}: {what}")
 
+    from engines.runtime.inputs import file_layout
+
     ins = {t.name: t for t in inputs}
     outs = {t.name: t for t in outputs}
-    if INPUT_NAME not in ins:
-        raise fail(f"no '{INPUT_NAME}' input (inputs: {', '.join(ins) or 'none'})")
-    extra = [n for n in ins if n != INPUT_NAME]
+    expected = file_layout(meta)
+    for name, _ in expected:
+        if name not in ins:
+            raise fail(f"no '{name}' input (inputs: {', '.join(ins) or 'none'})")
+    extra = [n for n in ins if n not in dict(expected)]
     if extra:
-        raise fail(f"needs input(s) {', '.join(extra)}; segstream feeds only '{INPUT_NAME}'")
-    img = ins[INPUT_NAME]
-    wanted = f"{'/'.join(input_dtypes)} N x {meta.channels} x H x W"
-    if img.dtype not in input_dtypes or (img.shape is not None and len(img.shape) != 4):
-        raise fail(f"input '{INPUT_NAME}' is {img.describe()}; segstream feeds {wanted}")
-    if img.shape is not None:
+        fed = ", ".join(f"'{n}'" for n, _ in expected)
+        raise fail(f"needs input(s) {', '.join(extra)}; segstream feeds only {fed}")
+    for name, channels in expected:
+        img = ins[name]
+        wanted = f"{'/'.join(input_dtypes)} N x {channels} x H x W"
+        if img.dtype not in input_dtypes or (img.shape is not None and len(img.shape) != 4):
+            raise fail(f"input '{name}' is {img.describe()}; segstream feeds {wanted}")
+        if img.shape is None:
+            continue
         c, h, w = img.shape[1:]
-        if c is not None and c != meta.channels:
-            raise fail(f"input '{INPUT_NAME}' takes {c} channels but the metadata says {meta.channels}")
+        if c is not None and c != channels:
+            raise fail(f"input '{name}' takes {c} channels but the metadata says {channels}")
         mw, mh = meta.input_size
         if h is not None and w is not None and (h, w) != (mh, mw):
             raise fail(f"the graph takes {w}x{h} frames only but the metadata says input_size {mw}x{mh}")
@@ -307,18 +316,21 @@ def inferred_class_count(path: str | Path, meta: ModelMeta) -> int | None:
     follows any chain of ops."""
     import onnx
 
+    from engines.runtime.inputs import file_layout
+
     try:
         model = onnx.load(str(path), load_external_data=False)
         graph = model.graph
-        inputs = [i for i in graph.input if i.name == INPUT_NAME]
-        dims = inputs[0].type.tensor_type.shape.dim if inputs else []
-        if len(dims) != 4:
-            return None
         w, h = meta.input_size
-        for d, v in zip(dims, (1, meta.channels, h, w), strict=True):
-            if not d.HasField("dim_value"):
-                d.ClearField("dim_param")
-                d.dim_value = v
+        for name, channels in file_layout(meta):
+            inputs = [i for i in graph.input if i.name == name]
+            dims = inputs[0].type.tensor_type.shape.dim if inputs else []
+            if len(dims) != 4:
+                return None
+            for d, v in zip(dims, (1, channels, h, w), strict=True):
+                if not d.HasField("dim_value"):
+                    d.ClearField("dim_param")
+                    d.dim_value = v
         producer = {out: node for node in graph.node for out in node.output}
         node = producer.get(IDS)
         while node is not None and node.op_type in ("Cast", "Identity"):

@@ -19,6 +19,7 @@ from engines.runtime.contract import (
     ort_spec,
     read_graph,
 )
+from engines.runtime.inputs import IMAGE, Batch, as_inputs, feed, layout, zeros
 
 INPUT_NAME = "images"
 
@@ -91,8 +92,10 @@ class OrtRuntime(Runtime):
         self.meta = self._read_meta()
         ins = [ort_spec(i) for i in self.session.get_inputs()]
         outs = [ort_spec(o) for o in self.session.get_outputs()]
-        images = next((i for i in ins if i.name == INPUT_NAME), None)
-        shape = images.shape if images is not None and images.shape is not None else (None,) * 4
+        # what the graph takes: 'images', or an RGB-D model's 'image' + 'depth' (engines.runtime.inputs)
+        self.input_names = [i.name for i in ins]
+        first = next((i for i in ins if i.name in (INPUT_NAME, IMAGE)), None)
+        shape = first.shape if first is not None and first.shape is not None else (None,) * 4
         self.fixed_hw = tuple(shape[2:4]) if len(shape) == 4 and None not in shape[2:4] else None
         self.fixed_batch = shape[0] if shape else None
         if input_size is not None:
@@ -124,9 +127,8 @@ class OrtRuntime(Runtime):
         """Run one blank batch: what the graph really returns must fit the contract too (declared
         shapes can be missing or wrong), so a bad model fails here, before any frame is read."""
         w, h = self.meta.input_size
-        x = np.zeros((1, self.meta.channels, h, w), np.float32)
         try:
-            ids, conf = self.run(x, confidence=self.has_confidence)
+            ids, conf = self.run(zeros(self.meta), confidence=self.has_confidence)
         except ModelFileError:
             raise
         except Exception as e:  # noqa: BLE001 - ORT raises Fail/RuntimeException/... for broken graphs
@@ -146,7 +148,7 @@ class OrtRuntime(Runtime):
         except MetadataError as e:
             raise ModelFileError(f"{self.path}: {e}") from None
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
+    def logits(self, batch: Batch) -> np.ndarray:
         """The tensor the graph's ArgMax reads, exposed as an extra output of a second session (built on
         the first call: the default session keeps computing ids/confidence only)."""
         if getattr(self, "_logits_session", None) is None:
@@ -165,36 +167,36 @@ class OrtRuntime(Runtime):
             self._logits_session = ort.InferenceSession(
                 model.SerializeToString(), self._options, providers=self.providers
             )
-        n = batch.shape[0]
-        self._check_batch(batch)
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.fixed_batch and n < self.fixed_batch:
-            x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), np.float32)])
-        (out,) = self._logits_session.run([self._logits_name], {INPUT_NAME: x})
+        n, feed = self._feed(batch)
+        (out,) = self._logits_session.run([self._logits_name], feed)
         return np.asarray(out[:n], np.float32)
 
-    def _check_batch(self, batch: np.ndarray) -> None:
-        if batch.ndim != 4 or batch.shape[1] != self.meta.channels:
-            raise ShapeError(f"batch must be N x {self.meta.channels} x H x W float32, got {batch.shape}")
-        if batch.shape[0] > self.meta.max_batch:
-            raise ShapeError(f"batch of {batch.shape[0]} exceeds the model's max batch {self.meta.max_batch}")
-
-    def run(self, batch: np.ndarray, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        if batch.ndim != 4 or batch.shape[1] != self.meta.channels:
-            raise ShapeError(f"batch must be N x {self.meta.channels} x H x W float32, got {batch.shape}")
-        n = batch.shape[0]
+    def _feed(self, batch: Batch) -> tuple[int, dict[str, np.ndarray]]:
+        """(frames in the batch, what session.run takes): checked, float32, padded to a fixed batch."""
+        inputs = as_inputs(batch, self.meta)
+        for name, channels in layout(self.meta):
+            x = inputs[name]
+            if x.ndim != 4 or x.shape[1] != channels:
+                raise ShapeError(f"'{name}' must be N x {channels} x H x W float32, got {x.shape}")
+        x = next(iter(inputs.values()))
+        n = x.shape[0]
         if n > self.meta.max_batch:
             raise ShapeError(f"batch of {n} exceeds the model's max batch {self.meta.max_batch}")
-        if self.fixed_hw and tuple(batch.shape[2:]) != self.fixed_hw:
+        if self.fixed_hw and tuple(x.shape[2:]) != self.fixed_hw:
             raise ShapeError(
-                f"{self.path}: takes {self.fixed_hw[1]}x{self.fixed_hw[0]} only, got "
-                f"{batch.shape[3]}x{batch.shape[2]}"
+                f"{self.path}: takes {self.fixed_hw[1]}x{self.fixed_hw[0]} only, "
+                f"got {x.shape[3]}x{x.shape[2]}"
             )
+        out = {k: v.astype(np.float32, copy=False) for k, v in feed(inputs, self.input_names).items()}
+        if self.fixed_batch and n < self.fixed_batch:  # the graph takes exactly fixed_batch: pad
+            pad = self.fixed_batch - n
+            out = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), np.float32)]) for k, v in out.items()}
+        return n, out
+
+    def run(self, batch: Batch, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         if confidence and not self.has_confidence:
             raise ModelFileError(f"{self.path}: the model has no 'confidence' output")
         names = ["ids", "confidence"] if confidence else ["ids"]
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        if self.fixed_batch and n < self.fixed_batch:  # the graph takes exactly fixed_batch: pad
-            x = np.concatenate([x, np.zeros((self.fixed_batch - n, *x.shape[1:]), np.float32)])
-        out = self.session.run(names, {INPUT_NAME: x})
+        n, x = self._feed(batch)
+        out = self.session.run(names, x)
         return out[0][:n], (out[1][:n] if confidence else None)

@@ -17,6 +17,7 @@ import numpy as np
 from engines.build import EngineHeader, check_compatible, check_in_profile, gpu_info, read_engine
 from engines.runtime.base import BackendUnavailable, ModelFileError, Runtime, RuntimeError_, ShapeError
 from engines.runtime.contract import TensorSpec, check_io
+from engines.runtime.inputs import IMAGE, Batch, as_inputs, feed, layout
 
 INPUT_NAME = "images"
 
@@ -76,7 +77,9 @@ class TensorRTRuntime(Runtime):
         mod = trt.module
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == mod.TensorIOMode.OUTPUT]
-        if INPUT_NAME not in names or "ids" not in self.outputs:
+        # 'images', or an RGB-D model's 'image' + 'depth' (engines.runtime.inputs)
+        self.inputs = [n for n in names if n not in self.outputs]
+        if not ({INPUT_NAME, IMAGE} & set(self.inputs)) or "ids" not in self.outputs:
             raise ModelFileError(f"{self.path}: engine tensors {names} lack 'images' -> 'ids'")
         specs = {n: self._spec(mod, n) for n in names}
         check_io(
@@ -86,9 +89,10 @@ class TensorRTRuntime(Runtime):
             [specs[n] for n in self.outputs],
             input_dtypes=("float32", "float16"),
         )
-        self._in_dtype = (
-            torch.float16 if self.engine.get_tensor_dtype(INPUT_NAME) == mod.DataType.HALF else torch.float32
-        )
+        self._in_dtype = {
+            n: torch.float16 if self.engine.get_tensor_dtype(n) == mod.DataType.HALF else torch.float32
+            for n in self.inputs
+        }
 
         dev = torch.device(self.device)
         self.stream = torch.cuda.Stream(device=dev)
@@ -127,38 +131,47 @@ class TensorRTRuntime(Runtime):
         return buf[:numel]
 
     # execution --------------------------------------------------------------------------------
-    def run(self, batch: np.ndarray, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def run(self, batch: Batch, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         torch = self.torch
         c = self.meta.channels
-        if batch.dtype == np.uint8:
+        if isinstance(batch, np.ndarray) and batch.dtype == np.uint8:  # one 'images' input, normalized here
             if batch.ndim != 4 or batch.shape[3] != c:
                 raise ShapeError(f"uint8 batch must be N x H x W x {c}, got {batch.shape}")
             n, h, w = batch.shape[:3]
+            feeds = {INPUT_NAME: batch}
         else:
-            if batch.ndim != 4 or batch.shape[1] != c:
-                raise ShapeError(f"float batch must be N x {c} x H x W, got {batch.shape}")
-            n, h, w = batch.shape[0], batch.shape[2], batch.shape[3]
+            inputs = as_inputs(batch, self.meta)
+            for name, ch in layout(self.meta):
+                x = inputs[name]
+                if x.ndim != 4 or x.shape[1] != ch:
+                    raise ShapeError(f"float '{name}' must be N x {ch} x H x W, got {x.shape}")
+            feeds = feed(inputs, self.inputs)
+            first = next(iter(feeds.values()))
+            n, h, w = first.shape[0], first.shape[2], first.shape[3]
         check_in_profile((n, h, w), self.header.profile, self.path)
 
         with torch.cuda.stream(self.stream):
-            host_in = self._buffer(
-                self._host, "in", batch.size, torch.from_numpy(batch[:0]).dtype, pinned=True
-            )
-            host_in.numpy()[:] = batch.reshape(-1)
-            dev_raw = self._buffer(self._dev, "raw", batch.size, host_in.dtype)
-            dev_raw.copy_(host_in, non_blocking=True)
-            x_in = self._buffer(self._dev, INPUT_NAME, n * c * h * w, self._in_dtype).view(n, c, h, w)
-            if batch.dtype == np.uint8:  # NHWC BGR -> NCHW RGB, (x/255 - mean)/std, on the GPU
-                t = dev_raw.view(n, h, w, c).permute(0, 3, 1, 2)
-                if c >= 3:
-                    t = t[:, [2, 1, 0, *range(3, c)]]
-                x_in.copy_(t.float() * self._scale + self._shift)
-            else:
-                x_in.copy_(dev_raw.view(n, c, h, w))
-
-            if not self.context.set_input_shape(INPUT_NAME, (n, c, h, w)):
-                raise ShapeError(f"TensorRT refused input shape {(n, c, h, w)} for {self.path.name}")
-            self.context.set_tensor_address(INPUT_NAME, x_in.data_ptr())
+            for name, arr in feeds.items():
+                host_in = self._buffer(
+                    self._host, "in_" + name, arr.size, torch.from_numpy(arr[:0]).dtype, pinned=True
+                )
+                host_in.numpy()[:] = arr.reshape(-1)
+                dev_raw = self._buffer(self._dev, "raw_" + name, arr.size, host_in.dtype)
+                dev_raw.copy_(host_in, non_blocking=True)
+                ch = arr.shape[3] if arr.dtype == np.uint8 else arr.shape[1]
+                x_in = self._buffer(self._dev, name, n * ch * h * w, self._in_dtype[name]).view(n, ch, h, w)
+                if arr.dtype == np.uint8:  # NHWC BGR -> NCHW RGB, (x/255 - mean)/std, on the GPU
+                    t = dev_raw.view(n, h, w, ch).permute(0, 3, 1, 2)
+                    if ch >= 3:
+                        t = t[:, [2, 1, 0, *range(3, ch)]]
+                    x_in.copy_(t.float() * self._scale + self._shift)
+                else:
+                    x_in.copy_(dev_raw.view(n, ch, h, w))
+                if not self.context.set_input_shape(name, (n, ch, h, w)):
+                    raise ShapeError(
+                        f"TensorRT refused input shape {(n, ch, h, w)} of '{name}' for {self.path.name}"
+                    )
+                self.context.set_tensor_address(name, x_in.data_ptr())
             outs = {}
             for name in self.outputs:
                 shape = tuple(self.context.get_tensor_shape(name))

@@ -16,6 +16,7 @@ from torch import nn
 
 from engines.meta import MetadataError, ModelMeta
 from engines.runtime.base import BackendUnavailable, ModelFileError, Runtime, ShapeError
+from engines.runtime.inputs import DEPTH, IMAGE, Batch, as_inputs, batch_size
 
 CHECKPOINT_FORMAT = "segstream-checkpoint"
 
@@ -30,8 +31,8 @@ class SegmentationHead(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return logits_to_outputs(self.net(images))
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return logits_to_outputs(self.net(*inputs))
 
 
 def logits_to_outputs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,22 +207,32 @@ class TorchRuntime(Runtime):
             x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
         return x.to(dtype=self.dtype, memory_format=self.memory_format)
 
-    def run(self, batch: np.ndarray, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        if batch.shape[0] > self.meta.max_batch:
-            raise ShapeError(f"batch of {batch.shape[0]} exceeds the model's max batch {self.meta.max_batch}")
+    def _logits(self, batch: Batch) -> torch.Tensor:
+        inputs = as_inputs(batch, self.meta)
+        n = batch_size(inputs)
+        if n > self.meta.max_batch:
+            raise ShapeError(f"batch of {n} exceeds the model's max batch {self.meta.max_batch}")
+        if len(inputs) == 1:
+            return self.model.net(self._to_input(next(iter(inputs.values())))).float()
+        from engines.models.fusion import forward_rgbd
+
+        image, depth = (self._to_tensor(inputs[k]) for k in (IMAGE, DEPTH))
+        return forward_rgbd(self.model.net, image, depth).float()
+
+    def _to_tensor(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        return t.to(dtype=self.dtype, memory_format=self.memory_format)
+
+    def run(self, batch: Batch, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         with torch.inference_mode():
-            x = self._to_input(batch)
-            logits = self.model.net(x).float()
-            ids, conf = logits_to_outputs(logits)
+            ids, conf = logits_to_outputs(self._logits(batch))
             ids_np = ids.cpu().numpy()
             conf_np = conf.cpu().numpy() if confidence else None
         return ids_np, conf_np
 
-    def logits(self, batch: np.ndarray) -> np.ndarray:
-        if batch.shape[0] > self.meta.max_batch:
-            raise ShapeError(f"batch of {batch.shape[0]} exceeds the model's max batch {self.meta.max_batch}")
+    def logits(self, batch: Batch) -> np.ndarray:
         with torch.inference_mode():
-            return self.model.net(self._to_input(batch)).float().cpu().numpy()
+            return self._logits(batch).cpu().numpy()
 
     def close(self) -> None:
         if self.device.startswith("cuda"):

@@ -2,7 +2,8 @@
 its gRPC client (``tritonclient``).
 
 URI: ``triton://HOST:PORT/MODEL[?version=N&shm=auto|on|off&timeout=S]`` (PORT: Triton's gRPC port, 8001 by
-default). The served model takes ``images`` (float32 N x C x H x W, normalized as the metadata says) and
+default). The served model takes ``images`` (float32 N x C x H x W, normalized as the metadata says; an
+RGB-D model ``image`` and ``depth``, engines.runtime.inputs) and
 returns ``ids`` (uint8 N x H x W) and optionally ``confidence``, exactly like an exported ONNX model; its
 segstream metadata travels in the model config's ``parameters`` under ``segstream.meta`` (written by
 `segstream export --triton-repo`), so an edge host needs no model file.
@@ -25,6 +26,7 @@ import numpy as np
 
 from engines.meta import META_KEY, MetadataError, ModelMeta
 from engines.runtime.base import BackendUnavailable, ModelFileError, Runtime, ShapeError
+from engines.runtime.inputs import DEPTH, IMAGE, IMAGES, Batch, as_inputs, feed, is_rgbd, layout
 
 SCHEME = "triton://"
 DEFAULT_PORT = 8001
@@ -150,10 +152,14 @@ class TritonRuntime(Runtime):
         md = self.client.get_model_metadata(self.model, self.version, as_json=True)
         ins = {t["name"]: t for t in md.get("inputs", [])}
         outs = {t["name"]: t for t in md.get("outputs", [])}
-        if "images" not in ins or ins["images"].get("datatype") != "FP32":
+        # 'images', or an RGB-D model's 'image' + 'depth' (engines.runtime.inputs)
+        wanted = [IMAGE, DEPTH] if is_rgbd(self.meta) and IMAGES not in ins else [IMAGES]
+        if any(n not in ins or ins[n].get("datatype") != "FP32" for n in wanted):
+            names = " and ".join(f"'{n}'" for n in wanted)
             raise ModelFileError(
-                f"{uri}: the served model needs an FP32 input named 'images' (has {sorted(ins)})"
+                f"{uri}: the served model needs FP32 input(s) named {names} (has {sorted(ins)})"
             )
+        self.input_names = wanted
         if "ids" not in outs or outs["ids"].get("datatype") != "UINT8":
             raise ModelFileError(
                 f"{uri}: the served model needs a UINT8 output named 'ids' (has {sorted(outs)})"
@@ -203,30 +209,38 @@ class TritonRuntime(Runtime):
             self._out = _ShmRegion(self.client, out_bytes, "out")
         return self._in, self._out
 
-    def run(self, batch: np.ndarray, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        if batch.ndim != 4 or batch.shape[1] != self.meta.channels:
-            raise ShapeError(f"batch must be N x {self.meta.channels} x H x W float32, got {batch.shape}")
-        n, _, h, w = batch.shape
+    def run(self, batch: Batch, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        inputs = as_inputs(batch, self.meta)
+        for name, channels in layout(self.meta):
+            x = inputs[name]
+            if x.ndim != 4 or x.shape[1] != channels:
+                raise ShapeError(f"'{name}' must be N x {channels} x H x W float32, got {x.shape}")
+        xs = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in feed(inputs, self.input_names).items()}
+        n, _, h, w = next(iter(xs.values())).shape
         if n > self.meta.max_batch:
             raise ShapeError(f"batch of {n} exceeds the served model's max batch {self.meta.max_batch}")
         if confidence and not self.has_confidence:
             raise ModelFileError(f"{self.uri}: the served model has no 'confidence' output")
-        x = np.ascontiguousarray(batch, dtype=np.float32)
         names = ["ids", "confidence"] if confidence else ["ids"]
-        inp = self._grpc.InferInput("images", list(x.shape), "FP32")
+        inps = [self._grpc.InferInput(k, list(x.shape), "FP32") for k, x in xs.items()]
         outputs = [self._grpc.InferRequestedOutput(name) for name in names]
         plane = n * h * w  # one uint8 map per frame and output
         if self.use_shm:
-            rin, rout = self._regions(x.nbytes, 2 * self.meta.max_batch * h * w)
-            rin.shm.set_shared_memory_region(rin.handle, [x])
-            inp.set_shared_memory(rin.name, x.nbytes)
+            total = sum(x.nbytes for x in xs.values())  # the inputs one after the other in one region
+            rin, rout = self._regions(total, 2 * self.meta.max_batch * h * w)
+            rin.shm.set_shared_memory_region(rin.handle, list(xs.values()))
+            at = 0
+            for inp, x in zip(inps, xs.values(), strict=True):
+                inp.set_shared_memory(rin.name, x.nbytes, offset=at)
+                at += x.nbytes
             for i, out in enumerate(outputs):
                 out.set_shared_memory(rout.name, plane, offset=i * plane)
         else:
-            inp.set_data_from_numpy(x)
+            for inp, x in zip(inps, xs.values(), strict=True):
+                inp.set_data_from_numpy(x)
         try:
             res = self.client.infer(
-                self.model, [inp], model_version=self.version, outputs=outputs, client_timeout=self.timeout
+                self.model, inps, model_version=self.version, outputs=outputs, client_timeout=self.timeout
             )
         except self._error as e:
             raise BackendUnavailable(f"{self.uri}: inference failed ({_why(e)})") from None

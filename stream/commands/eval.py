@@ -173,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
     if not pairs:
         raise DatasetNotFound(f"{root}: no images found")
     rt = load(args.model, device=args.device, threads=args.threads)
-    from engines.depth import depth_spec_of, prepare_rgbd, read_depth, require_depth
+    from engines.depth import depth_spec_of, read_depth, require_depth
 
     # an RGB-D model reads DIR/depth/NAME.png beside each image (engines.depth's folder layouts)
     rgbd = (
@@ -222,12 +222,12 @@ def run(args: argparse.Namespace) -> int:
         if i == 0:
             for _ in range(max(args.warmup, 0)):
                 if rgbd:
-                    rt.run(prepare_rgbd([img], [dep], rt.meta))
+                    rt.run(rt.prepare([img], depth=[dep]))
                 else:
                     rt.predict([img], full_size=True)
         t0 = time.perf_counter()
         if rgbd:
-            batch = prepare_rgbd([img], [dep], rt.meta)
+            batch = rt.prepare([img], depth=[dep])  # the model's two inputs, image and depth
             t1 = time.perf_counter()
         elif args.infer_mode == "tiled":  # cutting, running and blending the tiles are one step
             ids = tiling.predict(rt, [img], "tiled", args.infer_scale, args.tile_overlap)[0][0][None]

@@ -33,6 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="gradcam", choices=("gradcam", "ig"), help="default gradcam")
     p.add_argument("--layer", help="Grad-CAM layer: a module name of the network (default: per architecture)")
     p.add_argument("--steps", type=int, default=32, help="integrated-gradients path points (default 32)")
+    p.add_argument(
+        "--depth",
+        metavar="FILE",
+        help="RGB-D models: the image's 16-bit depth PNG in mm (default: ../depth/NAME.png beside IMAGE)",
+    )
     p.add_argument("--out", default="explain", metavar="DIR", help="output folder (default ./explain)")
     p.add_argument("--threads", type=int, help="CPU threads")
 
@@ -57,7 +62,22 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(int(args.threads))
     net, meta, _ = model_from_checkpoint(args.model)
-    ex = explain(net, meta, img, args.class_name, method=args.method, layer=args.layer, steps=args.steps)
+    depth = None
+    beside = path.resolve().parent.parent / "depth" / f"{path.stem}.png"
+    if args.depth or ("depth" in meta.extra and beside.is_file()):  # RGB-D: as predict finds depth
+        from engines.depth import read_depth
+
+        depth = read_depth(args.depth or beside)
+    ex = explain(
+        net,
+        meta,
+        img,
+        args.class_name,
+        method=args.method,
+        layer=args.layer,
+        steps=args.steps,
+        depth_mm=depth,
+    )
     out = Path(args.out)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -7,10 +7,11 @@ import argparse
 HELP = "export a checkpoint (.pt) to ONNX (ids + confidence outputs, metadata embedded, verified)"
 DESCRIPTION = (
     "Export a segstream training checkpoint to ONNX (opset >= 17). The graph takes 'images' "
-    "(float32 NCHW, normalized) and returns 'ids' (uint8 argmax) and 'confidence' (uint8 max "
-    "softmax x 255); batch, height and width are dynamic where the network allows. The model's "
-    "metadata (classes, palette, normalization, input size) is embedded, and the export is checked "
-    "against PyTorch (max logits difference, mask agreement) before it is written."
+    "(float32 NCHW, normalized; an RGB-D model two inputs, 'image' N x 3 x H x W and 'depth' "
+    "N x 1 x H x W, normalized as its metadata says) and returns 'ids' (uint8 argmax) and "
+    "'confidence' (uint8 max softmax x 255); batch, height and width are dynamic where the network "
+    "allows. The model's metadata (classes, palette, normalization, input size) is embedded, and the "
+    "export is checked against PyTorch (max logits difference, mask agreement) before it is written."
 )
 
 

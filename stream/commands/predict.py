@@ -126,10 +126,9 @@ def run(args: argparse.Namespace) -> int:
             runs[f] = coco.RunWriter(out / f"{f}.json", f, classes, params)
     for i, (name, img) in enumerate(zip(args.images, frames, strict=True)):
         if depths is not None:  # RGB-D: colour + depth as training fed them, mask back at image size
-            from engines.depth import prepare_rgbd
             from engines.runtime.preprocess import resize_to
 
-            ids, _ = rt.run(prepare_rgbd([img], [depths[i]], rt.meta))
+            ids, _ = rt.run(rt.prepare([img], depth=[depths[i]]))  # {"image", "depth"}: every backend
             mask = resize_to(ids[0], img.shape[:2], nearest=True)
         else:
             mask = tiling.predict(rt, [img], args.infer_mode, args.infer_scale, args.tile_overlap)[0][0]

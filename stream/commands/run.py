@@ -116,9 +116,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_infer_mode_arguments(p)
     p.add_argument(
         "--depth",
-        metavar="DEPTH_DIR",
-        help="RGB-D models: folder of 16-bit depth PNGs (mm, 0 = none), paired with the colour frames by "
-        "index (a colour frame without its depth image is skipped and counted as unpaired)",
+        metavar="DEPTH_URI",
+        help="RGB-D models: the depth stream: a folder of 16-bit PNGs in mm (0 = none; names in ms are "
+        "timestamps, else ?fps=N), a depth video (16-bit levels are mm; 8-bit needs ?max_mm=M or "
+        "?scale_mm=S; ?offset_ms=), or synthetic://?size=WxH&fps=N (matches synthetic:// colour). A colour "
+        "frame without a depth frame is skipped and counted as unpaired",
+    )
+    p.add_argument(
+        "--depth-pairing",
+        choices=("index", "timestamp"),
+        default=None,
+        help="pair colour frame k with depth frame k (index, the default), or with the depth frame nearest "
+        "in time within --depth-tolerance-ms (timestamp: PTS, file names, index/fps; live sources: "
+        "arrival time)",
+    )
+    p.add_argument(
+        "--depth-tolerance-ms",
+        type=float,
+        default=None,
+        metavar="MS",
+        help="timestamp pairing: the largest colour-to-depth time difference that pairs (default 20)",
     )
     p.add_argument(
         "--adaptive",
@@ -184,6 +201,8 @@ _ARG_KEYS = {
     "tile_overlap": "tile_overlap",
     "adaptive": "adaptive",
     "depth": "depth",
+    "depth_pairing": "depth_pairing",
+    "depth_tolerance_ms": "depth_tolerance_ms",
     "control": "control",
     "control_token": "control_token",
 }
@@ -264,6 +283,19 @@ def check_depth(cfg, model: dict) -> None:
     from engines.meta import ModelMeta
 
     require_depth(ModelMeta.from_json(model["meta"]), cfg.depth is not None, "give --depth DEPTH_DIR")
+    if cfg.wants_depth() and cfg.depth is None:
+        from stream.config import ConfigError
+
+        raise ConfigError("a zmq-pub sink republishes depth (?depth=) but the run has no --depth")
+    if cfg.depth is not None:  # opened once here, so a bad depth source is one line before any stage
+        from stream.sources.depth import open_depth
+        from stream.sources.depth_pairing import DepthPairer
+
+        pairer = DepthPairer(open_depth(cfg.depth), cfg.depth_pairing, cfg.depth_tolerance_ms)
+        try:
+            pairer.open(is_live(cfg.source, cfg.live))
+        finally:
+            pairer.close()
 
 
 def check_adaptive(cfg, model: dict) -> None:

@@ -31,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--save",
         metavar="DIR",
         help="write each mask as DIR/SEQ.png (+ colorized, overlay, header; with encoding=coco-rle or "
-        "polygons also the segments document, DIR/SEQ_segments.json)",
+        "polygons also the segments document, DIR/SEQ_segments.json; with a depth part DIR/SEQ_depth.png, "
+        "16-bit mm)",
     )
     p.add_argument(
         "--video", metavar="OUT.mp4", help="re-encode the overlays (or colorized masks) to a video"
@@ -141,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
                         Path(f"{stem}_segments.json").write_text(json.dumps(msg.segments))
                     for k, m in msg.maps.items():  # entropy / margin: 8-bit grayscale PNGs
                         cv2.imwrite(f"{stem}_{k}.png", m)
+                    if msg.depth is not None:  # RGB-D (?depth=raw|png): a 16-bit PNG in mm, as read
+                        cv2.imwrite(f"{stem}_depth.png", msg.depth)
                 if args.video:
                     if writer is None:
                         writer = _open_video(args.video, args.fps, frame.shape[1], frame.shape[0])

@@ -51,6 +51,9 @@ class Result:
     # the class table of the model that made this mask: it changes when the model is swapped mid-run
     # (stream.swap); None: StreamInfo.classes
     classes: ClassTable | None = None
+    # RGB-D: the depth image paired with the frame, (H, W) uint16 mm at the depth source's size, when a
+    # sink wants it (Sink.wants_depth)
+    depth: np.ndarray | None = None
 
 
 class Sink(ABC):
@@ -61,6 +64,8 @@ class Sink(ABC):
     wants_confidence: bool = False
     #: uncertainty maps the sink uses (Result.maps): 'entropy', 'margin' (engines.calibration)
     wants_maps: tuple[str, ...] = ()
+    #: True when the sink uses Result.depth (RGB-D runs: the overlay stage then copies it out of the ring)
+    wants_depth: bool = False
 
     @abstractmethod
     def open(self, info: StreamInfo) -> None: ...

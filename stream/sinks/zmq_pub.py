@@ -14,7 +14,8 @@ Up to three sockets, one per delivery need:
 Options: encoding=raw|png|rle|coco-rle|polygons (the last two: a JSON segments document per frame,
 per class or with components=1 per connected component; polygons simplified to tolerance=PIXELS, default
 1), confidence=raw|png, maps=entropy,margin (uncertainty planes, one part each; maps_encoding=raw|png,
-default raw), overlay=1 (JPEG part), jpeg_quality=80, hwm=4,
+default raw), depth=raw|png (RGB-D runs: the paired depth image, uint16 mm at the mask's size, one part),
+overlay=1 (JPEG part), jpeg_quality=80, hwm=4,
 lossless=on|PORT|off, wait_recorders=N (open() waits for N recorders, so a file run reaches them
 from its first frame), lossless_timeout=S, curve_secret=FILE, allow=DIR.
 """
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from stream.maskcodec.segments import DEFAULT_TOLERANCE
 from stream.messages import (
     CONFIDENCE_ENCODINGS,
+    DEPTH_ENCODINGS,
     MASK_ENCODINGS,
     SEGMENT_ENCODINGS,
     UNCERTAINTY_MAPS,
@@ -57,6 +59,7 @@ _KNOWN = {
     "stream",
     "tolerance",
     "components",
+    "depth",
 }
 
 
@@ -96,6 +99,10 @@ class ZmqPubSink(Sink):
                 f"{spec}: maps={opts['maps']}: {', '.join(bad)} (expected {','.join(UNCERTAINTY_MAPS)})"
             )
         self.maps_encoding = opts.get("maps_encoding", "raw")
+        self.depth = opts.get("depth") or None  # RGB-D: republish the paired depth image
+        if self.depth is not None and self.depth not in DEPTH_ENCODINGS:
+            raise SinkError(f"{spec}: depth={self.depth} (expected one of {', '.join(DEPTH_ENCODINGS)})")
+        self.wants_depth = self.depth is not None
         if self.maps_encoding not in CONFIDENCE_ENCODINGS:
             raise SinkError(
                 f"{spec}: maps_encoding={self.maps_encoding} (expected one of {CONFIDENCE_ENCODINGS})"
@@ -404,6 +411,11 @@ class ZmqPubSink(Sink):
         maps = {m: result.maps[m] for m in self.maps if m in result.maps}
         if self.size is not None and mask.shape[::-1] != self.size:
             mask, confidence, maps = self._resized(mask, confidence, maps)
+        depth = result.depth if self.depth else None
+        if depth is not None and depth.shape != mask.shape:  # nearest: never a depth between two
+            import cv2
+
+            depth = cv2.resize(depth, mask.shape[::-1], interpolation=cv2.INTER_NEAREST)
         # copy: the stage may reuse the mask's buffer (shared-memory slot) once write() returns
         frames = encode_mask_message(
             stream=self.stream,
@@ -422,6 +434,8 @@ class ZmqPubSink(Sink):
             segments=self.segments,
             maps=maps,
             maps_encoding=self.maps_encoding,
+            depth=depth,
+            depth_encoding=self.depth or "raw",
         )
         frames = [bytes(f) if isinstance(f, memoryview) else f for f in frames]
         try:

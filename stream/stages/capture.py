@@ -11,6 +11,11 @@ Live sources: every frame header also carries the source's link counters (``Fram
 outages, seconds of outage, down) for the mask header and the live view, and the camera's own capture
 time when the source knows it (``ts.camera``, RTSP), from which the overlay measures glass-to-output
 latency. Whatever leaves this stage that names the source goes through ``stream.redact``.
+
+RGB-D (``depth``): each colour frame is paired with a depth frame (stream.sources.depth_pairing: by index
+or by timestamp within a tolerance); the depth image goes into the slot's depth region beside the frame
+(``FrameHeader.depth`` says its shape) or inline where there is no ring or it does not fit, and a replay
+re-sends it as it does the frame. A colour frame without depth is counted as ``unpaired_depth``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ class CaptureConfig(StageConfig):
     slots: int = 8
     reorder_timeout_s: float = 0.5
     want: list[str] = field(default_factory=list)  # maps this stream's sinks need (FrameHeader.want)
-    depth: str | None = None  # RGB-D: folder of 16-bit depth PNGs paired with the frames by index
+    depth: str | None = None  # RGB-D: the depth source URI (stream.sources.depth)
+    depth_pairing: str = "index"  # index | timestamp
+    depth_tolerance_ms: float = 20.0  # timestamp pairing: the farthest a depth frame may be from its colour
 
 
 class CaptureStage(Stage):
@@ -58,10 +65,18 @@ class CaptureStage(Stage):
             raise
         self.live = self.info.live if self.cfg.live is None else self.cfg.live
         self.depth = None
-        if self.cfg.depth is not None:  # RGB-D: depth images paired with the colour frames by index
-            from stream.sources.depth import DepthFolder
+        if self.cfg.depth is not None:  # RGB-D: depth frames paired with the colour frames
+            from stream.sources.depth import open_depth
+            from stream.sources.depth_pairing import DepthPairer
 
-            self.depth = DepthFolder(self.cfg.depth)
+            self.depth = DepthPairer(
+                open_depth(self.cfg.depth), self.cfg.depth_pairing, self.cfg.depth_tolerance_ms
+            )
+            try:
+                self.depth.open(self.live, colour_timed=self.live or self.info.fps > 0 or self._has_pts())
+            except SourceError as e:
+                self.report("fatal", message=redact(str(e)))
+                raise
         self.out = open_socket(self.zctx, self.ctx.endpoints["out"])
         self.acks = open_socket(self.zctx, self.ctx.endpoints["acks"])
         self.poller = zmq.Poller()
@@ -92,6 +107,19 @@ class CaptureStage(Stage):
         # frames wait until every stage is up (model loaded): start-up is not latency, and a live
         # source would only drop frames meanwhile. Standalone (no supervisor): go at once.
         self.go = self.ctl_down is None
+
+    def _has_pts(self) -> bool:
+        return hasattr(self.source, "last_pts")  # a video file: frames carry their PTS
+
+    def colour_time(self, frame) -> float:
+        """A colour frame's time for timestamp pairing: its arrival (live), its PTS (a video file), or
+        index / fps (an image folder, the recorded synthetic pattern)."""
+        if self.live:
+            return frame.timestamp
+        pts = getattr(self.source, "last_pts", None)
+        if pts is not None:
+            return float(pts)
+        return frame.index / self.info.fps if self.info.fps > 0 else 0.0
 
     def _total(self) -> int | None:
         t = self.info.total_frames
@@ -248,9 +276,30 @@ class CaptureStage(Stage):
             self.metrics.drop("capture_busy")
             return
         with self.metrics.busy():
-            self.emit(frame.image, frame.index, frame.timestamp or time.time(), frame.camera_time)
+            depth = None
+            if self.depth is not None:
+                from stream.sources.base import SourceError
 
-    def emit(self, image: np.ndarray, index: int, t_capture: float, camera_time: float | None = None) -> None:
+                try:
+                    depth = self.depth.pair(frame.index, self.colour_time(frame))
+                except SourceError as e:  # a depth file that is no depth image, a decode error: the run
+                    self.source_failure = (str(e), time.monotonic())  # fails in one line, outputs kept
+                    self.finish()
+                    return
+                self.metrics.extra["depth_paired"] = self.depth.paired
+                if depth is None:  # the model cannot take a colour frame alone
+                    self.metrics.drop("unpaired_depth")
+                    return
+            self.emit(frame.image, frame.index, frame.timestamp or time.time(), frame.camera_time, depth)
+
+    def emit(
+        self,
+        image: np.ndarray,
+        index: int,
+        t_capture: float,
+        camera_time: float | None = None,
+        depth: np.ndarray | None = None,
+    ) -> None:
         hdr = H.FrameHeader(
             stream=self.stream,
             seq=self.seq,
@@ -266,17 +315,20 @@ class CaptureStage(Stage):
         hdr.source = self.src_info
         if self.live:
             hdr.link = self.source.stats.link()
-        # RGB-D: the depth image of this frame index rides inline beside the frame; without one the frame
-        # cannot be fed to the model and is counted as unpaired
-        parts = {}
-        if self.depth is not None:
-            depth = self.depth.read(index)
-            if depth is None:
-                self.metrics.drop("unpaired_depth")
-                return
-            parts["depth"] = depth
         hdr.drops = dict(self.metrics.drops)
         slot = self.ledger.take() if self.ledger is not None else None
+        # RGB-D: the paired depth image goes into the slot's depth region beside the frame, or inline
+        # where it does not fit (no ring, no depth region, a larger depth image than the ring was sized for)
+        parts = {}
+        if depth is not None:
+            if slot is not None and self.ring.fits("depth", depth.nbytes):
+                self.ring.write(slot, "depth", np.ascontiguousarray(depth, dtype=np.uint16))
+                hdr.depth = (tuple(depth.shape), "<u2")
+                where = "depth_in_ring"
+            else:
+                parts["depth"] = depth
+                where = "depth_inline"
+            self.metrics.extra[where] = self.metrics.extra.get(where, 0) + 1  # how depth travels, counted
         if slot is not None:
             # every frame takes a slot (its credit, and the room for its prepared input); a frame larger
             # than the slot's frame region (the source changed size, or the ring was sized without a
@@ -305,3 +357,5 @@ class CaptureStage(Stage):
     def teardown(self) -> None:
         if hasattr(self, "source"):
             self.source.close()
+        if getattr(self, "depth", None) is not None:
+            self.depth.close()

@@ -76,8 +76,12 @@ class InferStage(Stage):
     def warm_up(self) -> None:
         """Run the model once per batch size we will use before saying we are ready: the first
         calls allocate, JIT and autotune (about 2 s on CUDA), and that must not land on frames."""
+        from engines.runtime.inputs import is_rgbd
+
         h, w = self.runtime.input_hw()
-        blank = np.zeros((h, w, self.runtime.meta.channels), np.uint8)
+        rgbd = is_rgbd(self.runtime.meta)  # colour + a depth image per frame (engines.runtime.inputs)
+        blank = np.zeros((h, w, 3 if rgbd else self.runtime.meta.channels), np.uint8)
+        depth = np.zeros((h, w), np.uint16) if rgbd else None
         # on the CPU a batch-1 call is all the warming there is (allocations); a max-batch warm-up there
         # costs 8-16 frames of inference (0.3-0.5 s on 2 cores) of start-up for nothing. A session with a
         # thread pool needs three: measured on 2 cores, after one blank call the first real frames took
@@ -88,7 +92,9 @@ class InferStage(Stage):
             sizes, rounds = {1, self.max_batch}, 2
         for n in sorted(sizes):
             for _ in range(rounds):
-                self.runtime.run(self.runtime.prepare([blank] * n))
+                self.runtime.run(
+                    self.runtime.prepare([blank] * n, depth=None if depth is None else [depth] * n)
+                )
 
     def heartbeat_extra(self):
         extra = {"batches": getattr(self, "batches", 0), "max_batch": getattr(self, "max_batch", 0)}
@@ -199,6 +205,8 @@ class InferStage(Stage):
         batch = self.gather()
         if not batch:
             return
+        from engines.runtime.inputs import unpack
+
         with self.metrics.busy():
             self.metrics.frames_in += len(batch)
             self.metrics.queue_depth = len(batch)
@@ -213,8 +221,10 @@ class InferStage(Stage):
             if overlap is not None:
                 ids, conf = self.run_tiled(batch, inputs, float(overlap))
             else:
-                # one frame: a view of its ring slot is already a contiguous batch of 1, no copy
-                x = inputs[0][None] if len(inputs) == 1 else np.stack(inputs)
+                # one frame: a view of its ring slot is already a contiguous batch of 1, no copy; an RGB-D
+                # model's inputs come packed (stream.stages.preprocess) and go to the runtime as
+                # {"image", "depth"} views of it
+                x = unpack(inputs[0][None] if len(inputs) == 1 else np.stack(inputs), self.runtime.meta)
                 if self.maps:
                     ids, maps = self.runtime.run_maps(x, self.maps + ("confidence",) * self.confidence)
                     conf = maps.pop("confidence", None)
@@ -230,8 +240,9 @@ class InferStage(Stage):
                 for name, m in maps.items():
                     if name in hdr.want:
                         parts[name] = m[i]
-                if "frame" in arrays:  # no ring: the frame rides along to the overlay stage
-                    parts["frame"] = arrays["frame"]
+                for k in ("frame", "depth"):  # no ring: the frame (and RGB-D depth) ride along to the overlay
+                    if k in arrays:
+                        parts[k] = arrays[k]
                 self.emit(hdr, H.encode(hdr, parts))
                 self.metrics.frames_out += 1
 

@@ -304,6 +304,7 @@ class OverlayStage(Stage):
         }
         shading = {"confidence": conf} if self.cfg.shade_uncertain is not None else {}
         overlay = self.blend(frame, mask, **shading) if any(s.wants_overlay for s in self.sinks) else None
+        depth = self.depth_of(hdr, arrays) if self.wants_depth else None
         hdr.stamp("overlay")
         result = Result(
             seq=hdr.seq,
@@ -319,6 +320,7 @@ class OverlayStage(Stage):
             source=H.link_of(hdr),
             infer_size=H.infer_size_of(hdr),
             classes=self.meta.classes,
+            depth=depth,
         )
         for s in self.sinks:
             s.write(result)
@@ -330,6 +332,26 @@ class OverlayStage(Stage):
         self.last_write = started
         self.written += 1
         self.metrics.frames_out += 1
+
+    @property
+    def wants_depth(self) -> bool:
+        return any(getattr(s, "wants_depth", False) for s in self.sinks)
+
+    def depth_of(self, hdr: H.FrameHeader, arrays: dict) -> np.ndarray | None:
+        """RGB-D: a copy of the frame's depth (its slot is reused once acknowledged); None when the frame
+        has none or it cannot be read (counted, the mask still goes out)."""
+        from stream.shm import ShmError, depth_of
+
+        try:
+            d = depth_of(self.ring, hdr, arrays)
+        except ShmError:
+            d = np.zeros((0, 0), np.uint16)
+        if d is None:
+            return None
+        if d.ndim != 2 or d.dtype != np.uint16 or not d.size:  # the results port may carry anything
+            self.metrics.extra["depth_unreadable"] = self.metrics.extra.get("depth_unreadable", 0) + 1
+            return None
+        return np.array(d)
 
     def switch_model(self, hdr: H.FrameHeader, now: float) -> None:
         """The first frame of a swapped-in model: its class table and colours from here on (the

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from stream import headers as H
 from stream.stages.base import Declares, Stage, StageConfig
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from engines.meta import ModelMeta
 
 
 @dataclass
@@ -29,6 +35,16 @@ def feed_hwm(cfg, model: dict | None) -> int:
     for the batches asked for with --batch, else 1 (the CPU batches only what is queued anyway, and every
     frame queued past preprocess is one a live stream waits behind)."""
     return max(1, min(-(-(cfg.batch or 1) // 2), 16))
+
+
+def prepare_rgbd_packed(frame: np.ndarray, depth_mm: np.ndarray, meta: ModelMeta) -> np.ndarray:
+    """An RGB-D model's two inputs for one frame (``image`` 3 x H x W, ``depth`` 1 x H x W, float32,
+    engines.depth.prepare_rgbd), packed into one 4 x H x W array for the ring slot or the message: the
+    infer stage unpacks them (views, no copy) and hands the runtime both (engines.runtime.inputs)."""
+    from engines.depth import prepare_rgbd
+    from engines.runtime.inputs import pack
+
+    return pack(prepare_rgbd([frame], [depth_mm], meta), meta)[0]
 
 
 def frame_of(ring, hdr: H.FrameHeader, arrays: dict):
@@ -107,9 +123,7 @@ class PreprocessStage(Stage):
         w, h = self.meta.input_size
         blank = np.zeros((h * 3 // 2, w * 3 // 2, 3), np.uint8)
         if "depth" in self.meta.extra:  # RGB-D: colour + depth (engines.depth)
-            from engines.depth import prepare_rgbd
-
-            prepare_rgbd([blank], [np.zeros(blank.shape[:2], np.uint16)], self.meta)
+            prepare_rgbd_packed(blank, np.zeros(blank.shape[:2], np.uint16), self.meta)
             return
         prepare_batch([blank], self.meta, uint8=self.uint8)
 
@@ -237,7 +251,7 @@ class PreprocessStage(Stage):
     def take(self, frames: list) -> None:
         from engines.runtime.preprocess import prepare_batch
         from engines.tiling import work_image
-        from stream.shm import ShmError
+        from stream.shm import ShmError, depth_of
 
         try:
             hdr, arrays = H.decode(frames)
@@ -246,6 +260,8 @@ class PreprocessStage(Stage):
                 return
             ring = self.ring_for(hdr)
             frame = frame_of(ring, hdr, arrays)
+            if hdr.depth:  # RGB-D: capture put the paired depth into the slot's depth region
+                arrays["depth"] = depth_of(ring, hdr, arrays)
         except (H.HeaderError, ShmError, ValueError) as e:
             self.malformed(str(e))
             return
@@ -256,9 +272,7 @@ class PreprocessStage(Stage):
             x = work_image(frame, self.meta.input_size[::-1], self.cfg.infer_scale)
             hdr.tiles = self.cfg.tile_overlap
         elif "depth" in arrays:  # RGB-D: the paired depth image, normalized as in training
-            from engines.depth import prepare_rgbd
-
-            x = prepare_rgbd([frame], [arrays["depth"]], self.meta)[0]
+            x = prepare_rgbd_packed(frame, arrays["depth"], self.meta)
         elif self.adaptive is not None:
             meta = self.adaptive.meta_for(sum(hdr.drops.values()))
             x = prepare_batch([frame], meta, uint8=self.uint8)[0]
@@ -270,6 +284,8 @@ class PreprocessStage(Stage):
         hdr.gen = self.gen
         # a frame that came inline (no ring, or too large for its slot) rides along to the overlay
         keep = {"frame": arrays["frame"]} if "frame" in arrays else {}
+        if "depth" in arrays and not hdr.depth:  # RGB-D depth that came inline rides along too (zmq-pub)
+            keep["depth"] = arrays["depth"]
         if not self.inline and ring is not None and hdr.slot >= 0 and ring.fits("input", x.nbytes):
             ring.write(hdr.slot, "input", x)
             hdr.input = (tuple(x.shape), x.dtype.str)

@@ -1,6 +1,7 @@
 """RGB-D end to end as real processes on generated RGB-D folders: `segstream train --modality rgbd
---fusion early|mid`, `export` (4-channel ONNX, DepthSpec in the metadata), ONNX against PyTorch on the same
-colour + depth, `predict`/`eval` on an RGB-D folder with the .pt and the .onnx, and an RGB frame refused."""
+--fusion early|mid`, `export` (two inputs, image and depth; DepthSpec in the metadata), ONNX against PyTorch
+on the same colour + depth, `predict`/`eval` on an RGB-D folder with the .pt and the .onnx, and an RGB
+frame refused."""
 
 from __future__ import annotations
 
@@ -74,8 +75,8 @@ def test_train_export_predict_eval_rgbd(rgbd_data: Path, tmp_path: Path, fusion:
     import onnx
 
     graph = onnx.load(str(onnx_path))
-    dims = [d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
-    assert dims[1] == 4  # one 4-channel input (RGB + depth)
+    channels = {i.name: i.type.tensor_type.shape.dim[1].dim_value for i in graph.graph.input}
+    assert channels == {"image": 3, "depth": 1}  # two inputs: colour and depth
     props = {p.key: json.loads(p.value) for p in graph.metadata_props if p.key == "segstream.meta"}
     assert props["segstream.meta"]["extra"]["depth"]["max_mm"] == 5000.0
 
@@ -91,7 +92,7 @@ def test_train_export_predict_eval_rgbd(rgbd_data: Path, tmp_path: Path, fusion:
         assert np.array_equal(pt.run(batch)[0], ox.run(batch)[0])
         # other depth (everything at 4 m, as DepthSpec(5000) normalizes it): both still agree
         far = prepare_rgbd(frames, [np.full_like(d, 4000) for d in depths], ox.meta)
-        assert np.allclose(far[:, 3], (0.8 - 0.5) / 0.25) and np.array_equal(far[:, :3], batch[:, :3])
+        assert np.allclose(far["depth"], (0.8 - 0.5) / 0.25) and np.array_equal(far["image"], batch["image"])
         assert np.abs(pt.logits(far) - ox.logits(far)).max() <= 1e-3 * max(1e-3, np.abs(lt).max())
         # an RGB frame for an RGB-D model: one clear error
         from engines.runtime.base import ShapeError

@@ -183,7 +183,7 @@ async function main() {
     sub.subscribe();
   }
   let classes = null;
-  const summary = { received: 0, ended: false, end_reason: null, missed_at_start: null, seqs: [], width: null, height: null, encodings: [], classes_digest: null, max_id: 0, id_sums: [], maps: {}, skipped: 0, errors: [] };
+  const summary = { received: 0, ended: false, end_reason: null, missed_at_start: null, seqs: [], width: null, height: null, encodings: [], classes_digest: null, max_id: 0, id_sums: [], maps: {}, depth: null, skipped: 0, errors: [] };
   let lastSeq = -1;
   while (summary.received < args.count) {
     const parts = await sub.receive(); // throws on timeout
@@ -272,6 +272,31 @@ async function main() {
         check(data.length >= 8 && data.readUInt32BE(0) === 0x89504e47, `${p.name} part is not a PNG`);
       } else {
         check(false, `${p.name} encoding ${p.encoding}`);
+      }
+    });
+    // depth part (RGB-D runs, publisher ?depth=raw|png): uint16 millimetres, 0 = no measurement, at the
+    // mask's size; raw is little-endian (read here: per-message sum and count of valid pixels, so a test can
+    // compare with what was sent); png is a 16-bit grey PNG, its IHDR checked (decode it with any PNG library)
+    header.parts.forEach((p, i) => {
+      if (p.name !== "depth") return;
+      const data = parts[3 + i];
+      const d = summary.depth || (summary.depth = { encoding: p.encoding, sums: [], valid: [] });
+      if (p.encoding === "raw") {
+        if (data.length !== 2 * n) { check(false, `depth part ${data.length} bytes, expected ${2 * n}`); return; }
+        let sum = 0, valid = 0;
+        for (let k = 0; k < data.length; k += 2) {
+          const mm = data.readUInt16LE(k);
+          sum += mm;
+          if (mm > 0) valid++;
+        }
+        d.sums.push(sum);
+        d.valid.push(valid);
+      } else if (p.encoding === "png") {
+        const ok = data.length >= 26 && data.readUInt32BE(0) === 0x89504e47 && data.toString("latin1", 12, 16) === "IHDR" &&
+          data.readUInt32BE(16) === header.width && data.readUInt32BE(20) === header.height && data[24] === 16 && data[25] === 0;
+        check(ok, `depth part is not a ${header.width}x${header.height} 16-bit grey PNG`);
+      } else {
+        check(false, `depth encoding ${p.encoding}`);
       }
     });
     summary.errors.push(...problems);
