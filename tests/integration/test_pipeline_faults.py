@@ -21,7 +21,7 @@ import numpy as np
 import psutil
 import pytest
 
-from .procs import env, finish, frames_in, run, stage_processes, start, wait_for_output, wait_for_stage
+from tests.procs import env, finish, frames_in, run, stage_processes, start, wait_for_output, wait_for_stage
 
 pytestmark = pytest.mark.timeout(240)
 

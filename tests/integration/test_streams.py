@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .procs import frames_in, start
+from tests.procs import frames_in, start
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,9 +1,10 @@
-"""Shared by the integration tests that drive segstream (and its helpers) as real processes: the
-environment a child needs to import this checkout, `python -m stream ...` started or run to completion,
-the stage processes under a run, waiting on a run's progress, and counting the frames of a video it wrote.
+"""Shared by the tests that drive segstream (and its helpers) as real processes, integration and unit
+alike: the environment a child needs to import this checkout, `python -m stream ...` started or run to
+completion, the stage processes under a run, waiting on a run's progress, and counting the frames of a
+video it wrote.
 
 Mask-stream helpers (real CamVid samples, a feeder thread, port blocks, a header collector) stay in
-mask_helpers.py; this module imports nothing heavier than psutil, so any test can use it.
+integration/mask_helpers.py; this module imports nothing heavier than psutil, so any test can use it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def env(**extra: str) -> dict[str, str]:
