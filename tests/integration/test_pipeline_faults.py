@@ -73,12 +73,8 @@ def in_order(out: Path, n: int, source: str) -> None:
 def test_frames_larger_than_1080p_are_segmented(tmp_path, onnx_model, size, n):
     out = tmp_path / "big.mp4"
     stats = tmp_path / "stats.json"
-    p = start(
-        *run_args(f"synthetic://?size={size}&fps=10&frames={n}", onnx_model, "--sink", str(out)),
-        "--stats-json",
-        stats,
-        cwd=tmp_path,
-    )
+    args = run_args(f"synthetic://?size={size}&fps=10&frames={n}", onnx_model, "--sink", str(out))
+    p = start(*args, "--stats-json", stats, cwd=tmp_path)
     stdout, stderr = finish(p, 180)
     assert p.returncode == 0, stderr
     assert frames_in(out) == n
@@ -99,12 +95,8 @@ def test_frames_larger_than_their_ring_slot_travel_inline(tmp_path, onnx_model):
     for i, (w, h) in enumerate(sizes):
         cv2.imwrite(str(folder / f"f{i:02d}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
     stats = tmp_path / "stats.json"
-    p = start(
-        *run_args(folder, onnx_model, "--sink", f"images:{tmp_path / 'out'}?what=frame,mask"),
-        "--stats-json",
-        stats,
-        cwd=tmp_path,
-    )
+    args = run_args(folder, onnx_model, "--sink", f"images:{tmp_path / 'out'}?what=frame,mask")
+    p = start(*args, "--stats-json", stats, cwd=tmp_path)
     stdout, stderr = finish(p, 120)
     assert p.returncode == 0, stderr
     rep = json.loads(stats.read_text())
@@ -231,12 +223,8 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_promptly(tmp_path, onnx_model, t
 def test_restarted_overlay_on_a_live_source_rolls_to_a_new_segment(tmp_path, onnx_model):
     out = tmp_path / "live.mp4"
     stats = tmp_path / "stats.json"
-    p = start(
-        *run_args("synthetic://?size=320x240&fps=20&frames=200", onnx_model, "--sink", str(out)),
-        "--stats-json",
-        stats,
-        cwd=tmp_path,
-    )
+    args = run_args("synthetic://?size=320x240&fps=20&frames=200", onnx_model, "--sink", str(out))
+    p = start(*args, "--stats-json", stats, cwd=tmp_path)
     overlay = wait_for_stage(p.pid, "overlay")
     wait_for_output(out, p)
     time.sleep(1.0)
