@@ -152,8 +152,12 @@ def frames_in(path: Path) -> int:
         text=True,
         timeout=60,
     )
-    assert out.returncode == 0, f"{path} is not a playable video: {out.stderr}"
-    return int(out.stdout.strip())
+    count = out.stdout.strip()
+    # a file with no video stream (audio only, say) exits 0 and prints nothing: as unplayable as garbage
+    assert out.returncode == 0 and count.isdigit(), (
+        f"{path} is not a playable video: {out.stderr or 'no video'}"
+    )
+    return int(count)
 
 
 def decoded_frames(path: Path) -> int:
