@@ -50,16 +50,8 @@ def test_adaptive_refuses_a_model_exported_for_one_size(tmp_path: Path) -> None:
     meta = tm._meta(["red", "green", "blue"], [[255, 0, 0], [0, 255, 0], [0, 0, 255]], "colornet")
     model = tmp_path / "static.onnx"
     export_onnx(tm.ColorNet().eval(), meta, model, static=True, simplify=False)
-    out = run(
-        "run",
-        "synthetic://?frames=5",
-        "--model",
-        model,
-        "--adaptive",
-        "--no-progress",
-        cwd=tmp_path,
-        timeout=60,
-    )
+    args = ("run", "synthetic://?frames=5", "--model", model, "--adaptive", "--no-progress")
+    out = run(*args, cwd=tmp_path, timeout=60)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "'adaptive' = True" in lines[0] and "64x48 only" in lines[0], out.stderr
