@@ -1,24 +1,66 @@
-"""Shared by the mask-stream tests: real CamVid frames + label masks, free ports, a feeder thread that
-drives a real sink the way the overlay/publish stage does, and the CLI as a real process."""
+"""Shared by the mask-stream tests: real CamVid frames + label masks, free port blocks, a feeder thread that
+drives a real sink the way the overlay/publish stage does, a slow subscriber process, a header collector.
+Starting the CLI as a real process (``segstream``, ``start_ready``) is tests/procs.py's job."""
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 from engines.meta import ClassTable
 from stream.sinks.base import Result, Sink, StreamInfo
+from tests.procs import REPO, start_ready
+from tests.procs import start as segstream  # noqa: F401 - re-exported: the mask tests' name for it
 
-REPO = Path(__file__).resolve().parents[2]
+#: the live-view tests' browser (Debian's chromium, driven by Playwright), with nothing of its own going on
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="Debian chromium not installed (CI: apt-get install chromium)"
+)
+
+
+#: the Node.js subscriber written from docs/PROTOCOL.md (a client in another language than the publisher's)
+NODE_CLIENT = REPO / "tools" / "clients" / "node"
+
+
+def node_client_missing() -> str | None:
+    """Why the Node.js subscriber cannot run here (node or its packages absent), or None."""
+    if shutil.which("node") is None:
+        return "node is not installed (CI: apt-get install nodejs npm)"
+    if not (NODE_CLIENT / "node_modules" / "zeromq").is_dir():
+        return f"the Node client's packages are absent (npm ci --ignore-scripts --prefix {NODE_CLIENT})"
+    return None
+
+
+needs_node_client = pytest.mark.skipif(node_client_missing() is not None, reason=node_client_missing() or "")
+
+
+def node_subscribe(port: int, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``node subscribe.js tcp://127.0.0.1:PORT ARGS`` to its end; its summary is the last stdout line."""
+    return subprocess.run(
+        ["node", str(NODE_CLIENT / "subscribe.js"), f"tcp://127.0.0.1:{port}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def real_samples(camvid: Path, n: int = 4) -> tuple[ClassTable, list[np.ndarray], list[np.ndarray]]:
@@ -80,7 +122,10 @@ def make_result(
 
 
 class Feeder(threading.Thread):
-    """Writes Results into a sink at ``rate`` per second until ``total`` are written or stop()."""
+    """Writes Results into a sink at ``rate`` per second until ``total`` are written or stop().
+
+    As a context manager it starts on entry and, on exit, stops and closes its sink (the order a real
+    stage ends in), whatever the block raised."""
 
     def __init__(self, sink: Sink, frames, masks, rate: float = 50.0, total: int | None = None) -> None:
         super().__init__(daemon=True)
@@ -108,23 +153,17 @@ class Feeder(threading.Thread):
         self._stop_evt.set()
         self.join(10)
 
+    def __enter__(self) -> Feeder:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.sink.close()
+
 
 def stream_info(classes: ClassTable, frame: np.ndarray, stream_id: str = "cam0") -> StreamInfo:
     return StreamInfo(stream_id, frame.shape[1], frame.shape[0], 25.0, classes, live=False)
-
-
-def segstream(*args: str, **kw) -> subprocess.Popen:
-    """Start `segstream ARGS` as a real process (python -m stream, so no install is needed)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.Popen(
-        [sys.executable, "-m", "stream", *args],
-        cwd=REPO,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kw,
-    )
 
 
 # A deliberately slow subscriber, run as its own process:
@@ -148,21 +187,6 @@ with Subscriber(endpoint, lossless=(mode == "lossless"), credit=4) as sub:
     print(json.dumps({"seqs": seqs, "gaps": sub.stats.gaps, "ended": sub.stats.ended,
                       "classes": classes}), flush=True)
 """
-
-
-def start_ready(code: str, *args: object) -> subprocess.Popen:
-    """Run ``python -c CODE ARGS...`` with this repo importable; return once it printed "ready"."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *map(str, args)],
-        cwd=REPO,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
-    return proc
 
 
 def slow_subscriber(

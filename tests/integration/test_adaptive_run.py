@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -13,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.mask_helpers import Headers, free_port_block
+from tests.procs import run, start
 from tests.unit import tiling_models as tm
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(150)
 
 
@@ -25,13 +22,11 @@ def test_adaptive_steps_down_until_frames_stop_dropping(tmp_path: Path) -> None:
     down, and at a smaller size (where it spends most of the run) drops stop; it probes back up with
     headroom."""
     model = tm.heavy_model(tmp_path)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    out = subprocess.run(
-        [sys.executable, "-m", "stream", "run", "synthetic://?size=320x240&fps=30&frames=360",
-         "--model", str(model), "--adaptive", "--threads", "1", "--sink", str(tmp_path / "o.mp4"),
-         "--stats-json", str(tmp_path / "s.json"), "--no-progress"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    out = run(
+        "run", "synthetic://?size=320x240&fps=30&frames=360",
+        "--model", model, "--adaptive", "--threads", "1", "--sink", tmp_path / "o.mp4",
+        "--stats-json", tmp_path / "s.json", "--no-progress",
+        cwd=tmp_path, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     ad = json.loads((tmp_path / "s.json").read_text())["stages"]["preprocess"]["extra"]["adaptive"]
@@ -55,13 +50,8 @@ def test_adaptive_refuses_a_model_exported_for_one_size(tmp_path: Path) -> None:
     meta = tm._meta(["red", "green", "blue"], [[255, 0, 0], [0, 255, 0], [0, 0, 255]], "colornet")
     model = tmp_path / "static.onnx"
     export_onnx(tm.ColorNet().eval(), meta, model, static=True, simplify=False)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    out = subprocess.run(
-        [sys.executable, "-m", "stream", "run", "synthetic://?frames=5", "--model", str(model), "--adaptive",
-         "--no-progress"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    args = ("run", "synthetic://?frames=5", "--model", model, "--adaptive", "--no-progress")
+    out = run(*args, cwd=tmp_path, timeout=60)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "'adaptive' = True" in lines[0] and "64x48 only" in lines[0], out.stderr
@@ -72,15 +62,13 @@ def test_adaptive_steps_back_up_when_the_camera_slows_down(tmp_path: Path) -> No
     down while frames drop, and once the pace has fallen, steps back up and ends larger than the smallest
     size it reached. Every published mask header and the live view say the size each mask was inferred at."""
     model = tm.heavy_model(tmp_path)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     pub, view = free_port_block(3), free_port_block(1)
-    p = subprocess.Popen(
-        [sys.executable, "-m", "stream", "run", "synthetic://?size=320x240&fps=30&frames=180&pace=120@5",
-         "--model", str(model), "--adaptive", "--threads", "1", "--sink", str(tmp_path / "o.mp4"),
-         "--sink", f"zmq-pub://127.0.0.1:{pub}", "--sink", f"http://127.0.0.1:{view}",
-         "--stats-json", str(tmp_path / "s.json"), "--no-progress"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    p = start(
+        "run", "synthetic://?size=320x240&fps=30&frames=180&pace=120@5",
+        "--model", model, "--adaptive", "--threads", "1", "--sink", tmp_path / "o.mp4",
+        "--sink", f"zmq-pub://127.0.0.1:{pub}", "--sink", f"http://127.0.0.1:{view}",
+        "--stats-json", tmp_path / "s.json", "--no-progress",
+        cwd=tmp_path,
     )  # fmt: skip
     headers, seen_in_view = Headers(pub), set()
     try:

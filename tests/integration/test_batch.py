@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,15 +15,12 @@ import cv2
 import numpy as np
 import pytest
 
+from stream.transport import free_tcp_port
+from tests.procs import kill_group, run
+
 pytest.importorskip("ray", reason="Ray is not installed (pip install 'segstream[ray]')")
 
 MAX_FRAMES = 60  # per file: enough for several progress polls and a kill mid-file, small enough for CI
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +32,7 @@ def ray_cluster(tmp_path_factory):
 
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    port = _free_port()
+    port = free_tcp_port()
     tmp = tmp_path_factory.mktemp("ray")
     ray_bin = Path(sys.executable).with_name("ray")
     log = open(tmp / "ray.log", "wb")  # noqa: SIM115 - open for the cluster's lifetime
@@ -58,16 +54,7 @@ def ray_cluster(tmp_path_factory):
             time.sleep(0.3)
         yield address
     finally:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        kill_group(proc, term_wait=20, kill_wait=5)
         log.close()
         for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
             os.environ.pop(var, None)
@@ -83,9 +70,7 @@ def inputs(tmp_path_factory, sample_clip, avi_clip) -> Path:
 
 
 def batch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stream", "batch", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+    return run("batch", *args, cwd=cwd, timeout=300)
 
 
 def test_batch_outputs_resume_and_corrupt_file(ray_cluster, inputs, sample_clip, tmp_path):
@@ -117,12 +102,11 @@ def test_batch_outputs_resume_and_corrupt_file(ray_cluster, inputs, sample_clip,
 
     # the same masks as `segstream run` (same runtime, preprocessing and overlay helpers)
     ref = tmp_path / "ref"
-    run = subprocess.run(
-        [sys.executable, "-m", "stream", "run", str(sample_clip.path), "--max-frames", "20", "--no-progress",
-         "--sink", f"images:{ref}?what=mask"],
-        capture_output=True, text=True, timeout=120,
+    single = run(
+        "run", sample_clip.path, "--max-frames", "20", "--no-progress", "--sink", f"images:{ref}?what=mask",
+        cwd=tmp_path, timeout=120,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr
+    assert single.returncode == 0, single.stderr
     for p in sorted((ref / "mask").glob("*.png")):
         a = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
         assert np.array_equal(a, cv2.imread(str(out / "sample" / "mask" / p.name), cv2.IMREAD_UNCHANGED)), (

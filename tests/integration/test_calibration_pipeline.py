@@ -3,24 +3,15 @@ margin, and the overlay mode that shades unsure pixels (real processes, shared m
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.procs import run
+
 pytestmark = pytest.mark.timeout(150)
-
-
-def segstream(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 def test_entropy_margin_sink_and_shaded_overlay(sample_clip, tmp_path: Path) -> None:
@@ -29,7 +20,7 @@ def test_entropy_margin_sink_and_shaded_overlay(sample_clip, tmp_path: Path) -> 
 
     out = tmp_path / "frames"
     what = "overlay,frame,mask,confidence,entropy,margin"
-    r = segstream(
+    r = run(
         "run", str(sample_clip.path), "--max-frames", "3",
         "--sink", f"images:{out}?what={what}", "--shade-uncertain", "0.5", cwd=tmp_path,
     )  # fmt: skip
@@ -64,7 +55,7 @@ def test_entropy_margin_sink_and_shaded_overlay(sample_clip, tmp_path: Path) -> 
 
 def test_maps_are_only_for_sinks_that_ask(sample_clip, onnx_model: Path, tmp_path: Path) -> None:
     """An images sink without maps writes none, and an unknown map name is refused in one line."""
-    r = segstream(
+    r = run(
         "run", str(sample_clip.path), "--model", str(onnx_model), "--max-frames", "1",
         "--sink", f"images:{tmp_path / 'f'}?what=overlay,variance", cwd=tmp_path,
     )  # fmt: skip

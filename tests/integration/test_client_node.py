@@ -5,28 +5,21 @@ checks them."""
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from stream.sinks.zmq_pub import ZmqPubSink
 
-from .mask_helpers import Feeder, free_port_block, real_samples, stream_info
+from .mask_helpers import (
+    Feeder,
+    free_port_block,
+    needs_node_client,
+    node_subscribe,
+    real_samples,
+    stream_info,
+)
 
-CLIENT = Path(__file__).resolve().parents[2] / "tools" / "clients" / "node"
-INSTALL = "npm ci --ignore-scripts --prefix tools/clients/node"
-
-pytestmark = [
-    pytest.mark.skipif(
-        shutil.which("node") is None, reason="node is not installed (CI: apt-get install nodejs npm)"
-    ),
-    pytest.mark.skipif(
-        not (CLIENT / "node_modules" / "zeromq").is_dir(),
-        reason=f"the Node client's packages are not installed (run: {INSTALL})",
-    ),
-]
+pytestmark = needs_node_client
 
 
 @pytest.mark.parametrize("encoding", ["raw", "rle", "coco-rle", "polygons"])
@@ -37,26 +30,8 @@ def test_node_client_decodes_and_checks_masks(camvid, encoding):
     extra = "&tolerance=0" if encoding == "polygons" else ""
     sink = ZmqPubSink(f"zmq-pub://127.0.0.1:{port}?encoding={encoding}&confidence=raw{extra}")
     sink.open(stream_info(classes, frames[0]))
-    feeder = Feeder(sink, frames, masks, rate=40)
-    feeder.start()
-    try:
-        proc = subprocess.run(
-            [
-                "node",
-                str(CLIENT / "subscribe.js"),
-                f"tcp://127.0.0.1:{port}",
-                "--count",
-                "12",
-                "--timeout",
-                "10",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        feeder.stop()
-        sink.close()
+    with Feeder(sink, frames, masks, rate=40):
+        proc = node_subscribe(port, "--count", "12", "--timeout", "10")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout.splitlines()[-1])
     assert summary["ok"] and summary["errors"] == []
@@ -71,10 +46,5 @@ def test_node_client_decodes_and_checks_masks(camvid, encoding):
 
 def test_node_client_reports_a_dead_endpoint(tmp_path):
     port = free_port_block()
-    proc = subprocess.run(
-        ["node", str(CLIENT / "subscribe.js"), f"tcp://127.0.0.1:{port}", "--count", "1", "--timeout", "1"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = node_subscribe(port, "--count", "1", "--timeout", "1")
     assert proc.returncode == 1 and "segstream node client:" in proc.stderr

@@ -35,11 +35,8 @@ def curve_stream(camvid, keys, capfd):
     )
     sink.open(stream_info(classes, frames[0]))
     assert "WARNING" not in capfd.readouterr().err  # all interfaces is fine with CURVE on
-    feeder = Feeder(sink, frames, masks, rate=50)
-    feeder.start()
-    yield port
-    feeder.stop()
-    sink.close()
+    with Feeder(sink, frames, masks, rate=50):
+        yield port
 
 
 def test_allowed_client_receives_masks(curve_stream, keys):

@@ -13,8 +13,6 @@ import functools
 import http.server
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,6 +31,8 @@ from stream.sources.base import ReadStatus
 from stream.sources.file import to_bgr
 from stream.sources.network import NetworkSource
 from stream.uri import open_source
+from tests.procs import decoded_frames, run, start
+from tests.reading import read_all
 
 ASSETS = Path(__file__).resolve().parents[2] / "stream" / "assets"
 CLIP = ASSETS / "sample.mp4"
@@ -116,16 +116,6 @@ class LiveClip(http.server.BaseHTTPRequestHandler):
             time.sleep(step / (len(data) / 20.0))
 
 
-def read_all(src, limit: int = 2000) -> list:
-    frames = []
-    for _ in range(limit):
-        f = src.read(timeout=10.0)
-        frames.append(f)
-        if f.status is ReadStatus.EOS:
-            return frames
-    raise AssertionError(f"no EOS within {limit} reads")
-
-
 def tiny_model(path: Path) -> Path:
     """A 1x1-conv segmenter at 96x54 (11 classes): the pipeline's cost is decoding and encoding, not it."""
     classes = ClassTable(
@@ -151,11 +141,6 @@ def tiny_model(path: Path) -> Path:
     return path
 
 
-def video_frames(path: Path) -> int:
-    with av.open(str(path)) as c:
-        return sum(1 for _ in c.decode(video=0))
-
-
 # -- the source ------------------------------------------------------------------------------------------
 @pytest.mark.timeout(60)
 def test_http_url_of_a_file_is_read_like_a_file(file_server: Server) -> None:
@@ -164,7 +149,7 @@ def test_http_url_of_a_file_is_read_like_a_file(file_server: Server) -> None:
     info = src.open()
     try:
         assert (info.live, info.total_frames, info.width, info.height) == (False, CLIP_FRAMES, 960, 540)
-        frames = read_all(src)
+        frames = read_all(src, limit=2000, timeout=10.0)
     finally:
         src.close()
     ok = [f for f in frames if f.status is ReadStatus.OK]
@@ -188,7 +173,7 @@ def test_http_file_whose_connection_dies_ends_with_the_reason() -> None:
     try:
         src = open_source(srv.url("cut.mp4"))
         assert not src.open().live
-        frames = read_all(src)
+        frames = read_all(src, limit=2000, timeout=10.0)
         src.close()
     finally:
         srv.stop()
@@ -233,17 +218,17 @@ def test_live_http_stream_reports_every_reconnect_attempt_and_gives_up() -> None
 def test_segstream_run_reads_an_http_file_losslessly_and_ends(file_server: Server, tmp_path: Path) -> None:
     out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
     model = tiny_model(tmp_path / "m.onnx")
-    r = subprocess.run(
-        [sys.executable, "-m", "stream", "run", file_server.url("sample.mp4"), "--model", str(model),
-         "--sink", str(out), "--stats-json", str(stats), "--no-progress"],
-        capture_output=True, text=True, timeout=170, cwd=tmp_path,
+    r = run(
+        "run", file_server.url("sample.mp4"), "--model", model,
+        "--sink", out, "--stats-json", stats, "--no-progress",
+        timeout=170, cwd=tmp_path,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stdout.startswith(f"{CLIP_FRAMES} frames in ")
     report = json.loads(stats.read_text())
     assert report["drops"] == {}, report["drops"]  # once ≈ 70% "capture_busy"
-    assert video_frames(out) == CLIP_FRAMES
+    assert decoded_frames(out) == CLIP_FRAMES
 
 
 @pytest.mark.timeout(180)
@@ -254,11 +239,16 @@ def test_segstream_run_on_a_live_http_stream_shows_reconnects_and_fails_when_the
     out = tmp_path / "out.mp4"
     url = srv.url("live.mp4")
     source = f"{url}?reconnect=2&backoff_min=0.2&backoff_max=0.4&timeout=2"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream", "run", source, "--model", str(tiny_model(tmp_path / "m.onnx")),
-         "--sink", str(out), "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-    )  # fmt: skip
+    proc = start(
+        "run",
+        source,
+        "--model",
+        tiny_model(tmp_path / "m.onnx"),
+        "--sink",
+        out,
+        "--no-progress",
+        cwd=tmp_path,
+    )
     try:
         end = time.monotonic() + 120
         while not (out.exists() and out.stat().st_size > 30_000) and time.monotonic() < end:
@@ -281,7 +271,7 @@ def test_segstream_run_on_a_live_http_stream_shows_reconnects_and_fails_when_the
     assert lines[-1].startswith(
         f"segstream run: error: {url}: gave up after 3 failed reconnect attempts ("
     ), stderr
-    assert video_frames(out) > 0  # what was read before the server went away is in a playable file
+    assert decoded_frames(out) > 0  # what was read before the server went away is in a playable file
 
 
 @pytest.mark.timeout(180)
@@ -290,10 +280,9 @@ def test_segstream_run_on_an_http_file_cut_short_writes_what_came_and_fails(tmp_
     out = tmp_path / "out.mp4"
     try:
         model = tiny_model(tmp_path / "m.onnx")
-        r = subprocess.run(
-            [sys.executable, "-m", "stream", "run", srv.url("cut.mp4"), "--model", str(model),
-             "--sink", str(out), "--no-progress"],
-            capture_output=True, text=True, timeout=170, cwd=tmp_path,
+        r = run(
+            "run", srv.url("cut.mp4"), "--model", model, "--sink", out, "--no-progress",
+            timeout=170, cwd=tmp_path,
         )  # fmt: skip
     finally:
         srv.stop()
@@ -304,4 +293,4 @@ def test_segstream_run_on_an_http_file_cut_short_writes_what_came_and_fails(tmp_
     assert len(lines) == 1 and lines[0].startswith(prefix), r.stderr
     n = int(lines[0].split("connection lost after ")[1].split()[0])
     assert 30 < n < 180
-    assert video_frames(out) == n  # every frame that arrived is in the (finalized) video
+    assert decoded_frames(out) == n  # every frame that arrived is in the (finalized) video

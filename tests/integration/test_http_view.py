@@ -17,18 +17,7 @@ import pytest
 
 from stream.sinks.http_view import HttpViewSink
 
-from .mask_helpers import REPO, Feeder, real_samples, stream_info
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from .mask_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Feeder, needs_chromium, real_samples, stream_info
 
 
 @pytest.fixture
@@ -36,11 +25,8 @@ def live_view(camvid):
     classes, frames, masks = real_samples(camvid)
     sink = HttpViewSink("http://127.0.0.1:0?fps=20")
     sink.open(stream_info(classes, frames[0]))
-    feeder = Feeder(sink, frames, masks, rate=25)
-    feeder.start()
-    yield sink, feeder
-    feeder.stop()
-    sink.close()
+    with Feeder(sink, frames, masks, rate=25) as feeder:
+        yield sink, feeder
 
 
 def _get(url: str, timeout: float = 5.0) -> bytes:
@@ -48,16 +34,14 @@ def _get(url: str, timeout: float = 5.0) -> bytes:
         return r.read()
 
 
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian chromium not installed (CI: apt-get install chromium)"
-)
+@needs_chromium
 def test_page_in_headless_chromium(live_view):
     sync_api = pytest.importorskip("playwright.sync_api")
     sink, feeder = live_view
     artifacts = REPO / "test-artifacts"
     artifacts.mkdir(exist_ok=True)
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
             pages = [browser.new_page(viewport={"width": 1000, "height": 560}) for _ in range(2)]
             for page in pages:
@@ -141,11 +125,8 @@ def big_live_view(camvid):
     big_masks = [cv2.resize(m, (1280, 720), interpolation=cv2.INTER_NEAREST) for m in masks]
     sink = HttpViewSink("http://127.0.0.1:0?fps=20&quality=95")
     sink.open(stream_info(classes, big[0]))
-    feeder = Feeder(sink, big, big_masks, rate=25)
-    feeder.start()
-    yield sink, feeder
-    feeder.stop()
-    sink.close()
+    with Feeder(sink, big, big_masks, rate=25) as feeder:
+        yield sink, feeder
 
 
 def test_stalled_viewer_never_stalls_the_pipeline(big_live_view):

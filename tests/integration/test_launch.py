@@ -17,8 +17,8 @@ import pytest
 from stream import launch
 from stream.config import PipelineConfig
 from stream.stages.base import StageContext
+from tests.procs import REPO, env, run, start, wait_for_output
 
-REPO = Path(__file__).resolve().parents[2]
 BUNDLED_MODEL = REPO / "stream" / "assets" / "default.onnx"
 ENDLESS = "synthetic://?size=320x240&fps=30&frames=100000&live=0"
 STAGES = ("capture", "preprocess", "infer", "overlay")
@@ -28,19 +28,8 @@ pytestmark = [
 ]
 
 
-def env(**extra: str) -> dict[str, str]:
-    e = dict(os.environ, **extra)
-    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    return e
-
-
 def run_args(source: str, sink: Path, *more: str) -> list[str]:
-    return [sys.executable, "-m", "stream", "run", source, "--model", str(BUNDLED_MODEL)] + [
-        "--sink",
-        str(sink),
-        "--no-progress",
-        *more,
-    ]
+    return ["run", source, "--model", str(BUNDLED_MODEL), "--sink", str(sink), "--no-progress", *more]
 
 
 def stages_of(pid: int) -> dict[str, psutil.Process]:
@@ -70,26 +59,15 @@ def wait_for_stages(pid: int, n: int, timeout: float = 90) -> dict[str, psutil.P
     pytest.fail(f"stages did not all appear: {sorted(stages_of(pid))}")
 
 
-def wait_for_file(path: Path, p: subprocess.Popen, timeout: float = 90) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and p.poll() is None:
-        if path.exists() and path.stat().st_size > 0:
-            return
-        time.sleep(0.05)
-    pytest.fail(f"no output in {path}")
-
-
 def test_stages_are_forked_from_one_preloaded_template_and_die_with_a_killed_supervisor(tmp_path):
     """Every stage's parent is one template process (the supervisor's child) that had the inference
     runtime loaded, and the stage shows ``python -m stream worker STAGE --context FILE``; SIGKILL of the
     supervisor then takes the template and every stage with it, and leaves no ring in /dev/shm."""
     out = tmp_path / "out.mp4"
-    p = subprocess.Popen(
-        run_args(ENDLESS, out), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    p = start(*run_args(ENDLESS, out), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         stages = wait_for_stages(p.pid, 5)  # capture, preprocess, 2 x infer (2 cores) or 1, overlay
-        wait_for_file(out, p)  # frames are moving
+        wait_for_output(out, p)  # frames are moving
         parents = {s.ppid() for s in stages.values()}
         assert len(parents) == 1, f"stages have several parents: {parents}"
         template = psutil.Process(parents.pop())
@@ -175,12 +153,10 @@ def test_launched_stage_handles_mean_what_popen_means(tmp_path, kind):
 
 
 def test_an_unknown_launcher_is_one_clear_line(tmp_path):
-    r = subprocess.run(
-        run_args("synthetic://?frames=2", tmp_path / "o.mp4"),
+    r = run(
+        *run_args("synthetic://?frames=2", tmp_path / "o.mp4"),
         cwd=tmp_path,
         env=env(SEGSTREAM_LAUNCHER="threads"),
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     assert r.returncode == 2
@@ -191,12 +167,10 @@ def test_an_unknown_launcher_is_one_clear_line(tmp_path):
 def test_a_one_frame_run_with_fresh_interpreters_still_works(tmp_path):
     """The Popen launcher (non-Linux, no setproctitle, or SEGSTREAM_LAUNCHER=popen) runs the pipeline."""
     out = tmp_path / "one.mp4"
-    r = subprocess.run(
-        run_args("synthetic://?size=96x64&frames=3", out, "--max-frames", "1"),
+    r = run(
+        *run_args("synthetic://?size=96x64&frames=3", out, "--max-frames", "1"),
         cwd=tmp_path,
         env=env(SEGSTREAM_LAUNCHER="popen"),
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert r.returncode == 0, r.stderr

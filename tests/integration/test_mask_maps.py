@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import cv2
@@ -19,11 +17,18 @@ from stream.sinks.base import SinkError
 from stream.sinks.zmq_pub import ZmqPubSink
 from stream.subscriber import Subscriber
 
-from .mask_helpers import Feeder, free_port_block, real_samples, segstream, stream_info
+from .mask_helpers import (
+    Feeder,
+    free_port_block,
+    needs_node_client,
+    node_subscribe,
+    real_samples,
+    segstream,
+    stream_info,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = json.loads((REPO / "stream" / "schemas" / "mask-header.schema.json").read_text())
-NODE = REPO / "tools" / "clients" / "node"
 
 
 def _maps(mask: np.ndarray, k: int) -> dict[str, np.ndarray]:
@@ -53,16 +58,11 @@ def test_python_subscriber_reads_entropy_and_margin(camvid, encoding):
     )
     assert sink.wants_maps == ("entropy", "margin")  # so the infer stage computes them
     got = []
-    with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
-        feeder.start()
-        try:
-            while len(got) < 5:
-                msg = sub.recv(timeout=10)
-                assert msg is not None, "no mask within 10 s"
-                got.append(msg)
-        finally:
-            feeder.stop()
-            sink.close()
+    with Subscriber(f"tcp://127.0.0.1:{port}") as sub, feeder:
+        while len(got) < 5:
+            msg = sub.recv(timeout=10)
+            assert msg is not None, "no mask within 10 s"
+            got.append(msg)
     for msg in got:
         k = msg.seq % len(masks)
         jsonschema.validate(msg.header, SCHEMA)
@@ -96,31 +96,11 @@ def test_maps_are_off_unless_asked_and_bad_options_are_one_line(camvid):
         decode_mask_message(parts)
 
 
-@pytest.mark.skipif(
-    shutil.which("node") is None or not (NODE / "node_modules" / "zeromq").is_dir(),
-    reason="node or the Node client's packages are not installed (npm ci --prefix tools/clients/node)",
-)
+@needs_node_client
 def test_node_client_reads_entropy_and_margin(camvid):
     port, sink, feeder, masks = _publish(camvid, "encoding=rle&maps=entropy,margin")
-    feeder.start()
-    try:
-        proc = subprocess.run(
-            [
-                "node",
-                str(NODE / "subscribe.js"),
-                f"tcp://127.0.0.1:{port}",
-                "--count",
-                "6",
-                "--timeout",
-                "10",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    finally:
-        feeder.stop()
-        sink.close()
+    with feeder:
+        proc = node_subscribe(port, "--count", "6", "--timeout", "10")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     summary = json.loads(proc.stdout.splitlines()[-1])
     assert summary["ok"] and summary["received"] == 6

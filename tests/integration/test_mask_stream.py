@@ -5,7 +5,6 @@ subscriber, and malformed messages skipped and counted."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -22,9 +21,17 @@ from stream.messages import encode_classes_reply, encode_mask_message
 from stream.sinks.base import SinkError
 from stream.sinks.zmq_pub import ZmqPubSink
 
-from .mask_helpers import Feeder, free_port_block, real_samples, segstream, slow_subscriber, stream_info
+from .mask_helpers import (
+    NODE_CLIENT,
+    Feeder,
+    free_port_block,
+    node_client_missing,
+    real_samples,
+    segstream,
+    slow_subscriber,
+    stream_info,
+)
 
-NODE_CLIENT = Path(__file__).resolve().parents[2] / "tools" / "clients" / "node" / "subscribe.js"
 SCHEMA = json.loads(
     (Path(__file__).resolve().parents[2] / "stream/schemas/mask-header.schema.json").read_text()
 )
@@ -46,9 +53,7 @@ def test_late_cli_subscriber_gets_masks_headers_and_class_table(samples, tmp_pat
     classes, frames, masks = samples
     port = free_port_block()
     sink = _sink(f"zmq-pub://127.0.0.1:{port}?encoding=rle&overlay=1", samples)
-    feeder = Feeder(sink, frames, masks, rate=40)
-    feeder.start()
-    try:
+    with Feeder(sink, frames, masks, rate=40) as feeder:
         while feeder.written < 30:  # the subscriber joins a stream that is already running
             time.sleep(0.02)
         proc = segstream(
@@ -56,9 +61,6 @@ def test_late_cli_subscriber_gets_masks_headers_and_class_table(samples, tmp_pat
             "--save", str(tmp_path), "--video", str(tmp_path / "overlays.mp4"),
         )  # fmt: skip
         out, err = proc.communicate(timeout=60)
-    finally:
-        feeder.stop()
-        sink.close()
     assert proc.returncode == 0, err
     lines = [ln for ln in out.splitlines() if ln.startswith("seq")]
     seqs = [int(ln.split()[1]) for ln in lines]
@@ -228,9 +230,11 @@ def test_segstream_run_delivers_every_mask_to_a_recorder(tmp_path, avi_clip, onn
         "90",
     )
     node = None
-    if shutil.which("node") and (NODE_CLIENT.parent / "node_modules" / "zeromq").is_dir():
+    if node_client_missing() is None:
         node_args = [f"tcp://127.0.0.1:{port}", "--lossless", "--count", "100000", "--timeout", "90"]
-        node = subprocess.Popen(["node", str(NODE_CLIENT), *node_args], text=True, stdout=subprocess.PIPE)
+        node = subprocess.Popen(
+            ["node", str(NODE_CLIENT / "subscribe.js"), *node_args], text=True, stdout=subprocess.PIPE
+        )
     run = segstream(
         "run", str(avi_clip.path), "--model", str(onnx_model), "--max-frames", str(n),
         "--no-progress",
@@ -290,9 +294,7 @@ def test_publisher_restart_with_a_new_class_table_is_followed(samples):
         for table in (classes, renamed):
             sink = ZmqPubSink(f"zmq-pub://127.0.0.1:{port}")
             sink.open(stream_info(table, frames[0]))
-            feeder = Feeder(sink, frames, masks, rate=50)
-            feeder.start()
-            try:
+            with Feeder(sink, frames, masks, rate=50):
                 msg = None
                 for _ in range(100):  # skip what is still in flight from before the restart
                     msg = sub.recv(5)
@@ -300,9 +302,6 @@ def test_publisher_restart_with_a_new_class_table_is_followed(samples):
                         break
                 assert msg is not None and msg.classes == table
                 tables.append(msg.classes)
-            finally:
-                feeder.stop()
-                sink.close()
         assert tables == [classes, renamed]
         assert sub.stats.classes_fetches == 2
 
@@ -313,18 +312,13 @@ def test_masks_at_a_requested_size(samples, tmp_path):
     classes, frames, masks = samples
     port = free_port_block()
     sink = _sink(f"zmq-pub://127.0.0.1:{port}?size=120x90&confidence=raw", samples)
-    feeder = Feeder(sink, frames, masks, rate=40)
-    feeder.start()
-    try:
+    with Feeder(sink, frames, masks, rate=40) as feeder:
         while feeder.written < 10:
             time.sleep(0.02)
         proc = segstream(
             "subscribe", f"tcp://127.0.0.1:{port}", "--count", "4", "--timeout", "10", "--save", str(tmp_path)
         )
         out, err = proc.communicate(timeout=60)
-    finally:
-        feeder.stop()
-        sink.close()
     assert proc.returncode == 0, err
     seqs = [int(ln.split()[1]) for ln in out.splitlines() if ln.startswith("seq")]
     assert len(seqs) == 4

@@ -12,7 +12,6 @@ import json
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,9 +22,11 @@ import pytest
 
 from stream.maskcodec import segments
 from stream.sinks.base import SinkError
+from stream.transport import free_tcp_port
 from stream.uri import open_sink
+from tests.procs import REPO, run
 
-from .mask_helpers import REPO, Feeder, real_samples, stream_info
+from .mask_helpers import Feeder, real_samples, stream_info
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
@@ -36,17 +37,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Broker:
     """A real mosquitto on 127.0.0.1:port; start() again after stop() reuses the port and config."""
 
     def __init__(self, folder: Path, extra: str = "", port: int | None = None) -> None:
-        self.port = port or free_port()
+        self.port = port or free_tcp_port()
         self.conf = folder / f"mosquitto-{self.port}.conf"
         self.conf.write_text(
             # user: run as root, mosquitto would switch to its own user, who cannot read pytest's tmp files
@@ -224,7 +219,7 @@ def test_bad_password_is_one_clear_error_without_the_password(tmp_path, camvid):
 
 
 def test_no_broker_and_bad_options_are_refused_before_start():
-    port = free_port()
+    port = free_tcp_port()
     with pytest.raises(SinkError, match=f"no MQTT broker at 127.0.0.1:{port}"):
         open_sink(f"mqtt://127.0.0.1:{port}/x").preflight()
     for spec, words in [
@@ -306,11 +301,11 @@ def test_tls_with_a_ca_file(tmp_path, camvid):
 
 def test_segstream_run_publishes_every_frame_of_a_file(broker, sample_clip, tmp_path):
     listener = Listener(broker.port, "cams/#")
-    proc = subprocess.run(
-        [sys.executable, "-m", "stream", "run", str(sample_clip.path), "--max-frames", "30", "--no-progress",
-         "--sink", f"mqtt://127.0.0.1:{broker.port}/cams/{{stream}}?what=stats,coco-rle&qos=1",
-         "--sink", str(tmp_path / "out.mp4")],
-        cwd=REPO, capture_output=True, text=True, timeout=180,
+    proc = run(
+        "run", sample_clip.path, "--max-frames", "30", "--no-progress",
+        "--sink", f"mqtt://127.0.0.1:{broker.port}/cams/{{stream}}?what=stats,coco-rle&qos=1",
+        "--sink", tmp_path / "out.mp4",
+        cwd=REPO, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     listener.wait_for(30)
@@ -322,9 +317,8 @@ def test_segstream_run_publishes_every_frame_of_a_file(broker, sample_clip, tmp_
         areas = {r["id"]: r["area"] for r in m["classes"]}
         ids, counts = np.unique(mask, return_counts=True)
         assert areas == dict(zip(ids.tolist(), counts.tolist(), strict=True))
-    bad = subprocess.run(
-        [sys.executable, "-m", "stream", "run", str(sample_clip.path), "--max-frames", "5",
-         "--sink", f"mqtt://127.0.0.1:{free_port()}/x"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+    bad = run(
+        "run", sample_clip.path, "--max-frames", "5", "--sink", f"mqtt://127.0.0.1:{free_tcp_port()}/x",
+        cwd=REPO, timeout=120,
     )  # fmt: skip
     assert bad.returncode != 0 and "no MQTT broker at" in bad.stderr and "Traceback" not in bad.stderr

@@ -4,7 +4,6 @@ localhost; the server is killed and restarted mid-run and the source must reconn
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -14,15 +13,11 @@ import pytest
 
 from stream.sources.base import ReadStatus, SourceError
 from stream.sources.network import NetworkSource
+from stream.transport import free_tcp_port
 from stream.uri import open_source
+from tests.reading import read_ok
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -66,7 +61,7 @@ class Server:
 
 @pytest.fixture
 def server(request: pytest.FixtureRequest, sample_clip) -> Iterator[Server]:
-    srv = Server(sample_clip.path, getattr(request, "param", "tcp"), free_port())
+    srv = Server(sample_clip.path, getattr(request, "param", "tcp"), free_tcp_port())
     srv.start()
     yield srv
     srv.stop()
@@ -85,15 +80,6 @@ def open_when_listening(uri: str, deadline_s: float = 10.0) -> NetworkSource:
             if time.monotonic() > end:
                 raise
             time.sleep(0.2)
-
-
-def read_ok(src: NetworkSource, n: int, within_s: float) -> list:
-    frames, end = [], time.monotonic() + within_s
-    while len(frames) < n and time.monotonic() < end:
-        f = src.read(timeout=1.0)
-        if f.status is ReadStatus.OK:
-            frames.append(f)
-    return frames
 
 
 @pytest.mark.timeout(60)
@@ -144,7 +130,7 @@ def test_reconnect_budget_spent_ends_in_eos_with_the_reason(server: Server) -> N
 
 @pytest.mark.timeout(30)
 def test_unreachable_stream_is_a_clear_error_within_a_bounded_time() -> None:
-    uri = f"tcp://127.0.0.1:{free_port()}?open_timeout=3"
+    uri = f"tcp://127.0.0.1:{free_tcp_port()}?open_timeout=3"
     t0 = time.monotonic()
     with pytest.raises(SourceError, match=r"tcp://127\.0\.0\.1:\d+.*cannot open stream") as e:
         open_source(uri).open()

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,34 +17,14 @@ import numpy as np
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.procs import frames_in, run, stage_processes, start, wait_for_output, wait_for_stage
+
 pytestmark = pytest.mark.timeout(150)
-
-
-def segstream_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "stream", *args]
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    return e
-
-
-def run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        segstream_cmd(*args), cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout
-    )
 
 
 def run_args(source: Path | str, model: Path, *options: str) -> list[str]:
     """``run SOURCE --model MODEL OPTIONS...``: the pipeline command every test starts from."""
     return ["run", str(source), "--model", str(model), *options]
-
-
-def start(args: list[str], cwd: Path, stdout=subprocess.PIPE, stderr=subprocess.PIPE) -> subprocess.Popen:
-    """``segstream ARGS`` in the background (text output), for tests that act on it while it runs."""
-    return subprocess.Popen(segstream_cmd(*args), cwd=cwd, env=env(), stdout=stdout, stderr=stderr, text=True)
 
 
 def shm_segments() -> set[str]:
@@ -64,66 +43,12 @@ def decode(path: Path, limit: int | None = None) -> list[np.ndarray]:
     return out
 
 
-def ffprobe_frames(path: Path) -> int:
-    out = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-count_frames",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "stream=nb_read_frames",
-            "-of",
-            "csv=p=0",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, out.stderr
-    return int(out.stdout.strip())
-
-
 def assert_in_order(output: list[np.ndarray], source: list[np.ndarray]) -> None:
     """Each output frame is closest to the source frame at its own position (opacity 0 overlay)."""
     src = np.stack(source).astype(np.float32)
     for i, f in enumerate(output):
         mse = ((src - f.astype(np.float32)) ** 2).mean(axis=(1, 2, 3))
         assert mse[i] <= mse.min() + 1.0, f"output frame {i} matches source frame {int(mse.argmin())}"
-
-
-def stage_children(pid: int) -> list[psutil.Process]:
-    try:
-        return [c for c in psutil.Process(pid).children(recursive=True) if "worker" in " ".join(c.cmdline())]
-    except psutil.NoSuchProcess:
-        return []
-
-
-def wait_for_stage(pid: int, stage: str, timeout: float = 60) -> psutil.Process:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for c in stage_children(pid):
-            try:
-                if f"worker {stage}" in " ".join(c.cmdline()):
-                    return c
-            except psutil.NoSuchProcess:
-                pass
-        time.sleep(0.1)
-    raise AssertionError(f"no {stage} stage appeared")
-
-
-def wait_for_output(path: Path, timeout: float = 60) -> None:
-    """Until the first frames reached the sink: the model is loaded and frames are moving, so most of the
-    run is still ahead (a fixed sleep raced the end of the run on a fast machine)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists() and path.stat().st_size > 0:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{path} never received a frame")
 
 
 def mask_sink(folder: Path) -> list[str]:
@@ -184,7 +109,7 @@ def test_file_to_mp4_exact_count_and_order(tmp_path, clip, onnx_model):
     out = tmp_path / "out.mp4"
     stats = tmp_path / "stats.json"
     r = run(
-        run_args(
+        *run_args(
             clip,
             onnx_model,
             "--max-frames",
@@ -198,11 +123,11 @@ def test_file_to_mp4_exact_count_and_order(tmp_path, clip, onnx_model):
             "--workers",
             "2",
         ),
-        tmp_path,
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
     assert "fps" in r.stdout and "p99" in r.stdout
-    assert ffprobe_frames(out) == n
+    assert frames_in(out) == n
     source = decode(clip, n)
     assert_in_order(decode(out), source)
     rep = json.loads(stats.read_text())
@@ -216,7 +141,7 @@ def test_live_source_counts_drops_and_bounds_latency(tmp_path, onnx_model):
     stats = tmp_path / "stats.json"
     # 640x480 at 60 fps is more than 2 busy cores segment: frames must drop, and be counted
     r = run(
-        run_args(
+        *run_args(
             "synthetic://?size=640x480&fps=60&frames=180",
             onnx_model,
             "--sink",
@@ -226,7 +151,7 @@ def test_live_source_counts_drops_and_bounds_latency(tmp_path, onnx_model):
             "--slots",
             "4",
         ),
-        tmp_path,
+        cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
     rep = json.loads(stats.read_text())
@@ -235,7 +160,7 @@ def test_live_source_counts_drops_and_bounds_latency(tmp_path, onnx_model):
     assert rep["frames"] > 0
     # bounded by the ring (4 frames in flight), not growing with the run
     assert rep["latency_ms"]["p50"] < 1000, rep["latency_ms"]
-    assert ffprobe_frames(tmp_path / "live.mp4") == rep["frames"]
+    assert frames_in(tmp_path / "live.mp4") == rep["frames"]
 
 
 def test_killed_infer_is_restarted_and_no_frame_is_lost(tmp_path, clip, onnx_model):
@@ -243,7 +168,7 @@ def test_killed_infer_is_restarted_and_no_frame_is_lost(tmp_path, clip, onnx_mod
     out = tmp_path / "out.mp4"
     stats = tmp_path / "stats.json"
     p = start(
-        run_args(
+        *run_args(
             clip,
             onnx_model,
             "--max-frames",
@@ -255,10 +180,10 @@ def test_killed_infer_is_restarted_and_no_frame_is_lost(tmp_path, clip, onnx_mod
             "--threads",
             "1",
         ),
-        tmp_path,
+        cwd=tmp_path,
     )
     infer = wait_for_stage(p.pid, "infer")
-    wait_for_output(out)
+    wait_for_output(out, timeout=60)
     try:
         infer.kill()
     except psutil.NoSuchProcess:
@@ -269,20 +194,20 @@ def test_killed_infer_is_restarted_and_no_frame_is_lost(tmp_path, clip, onnx_mod
     rep = json.loads(stats.read_text())
     assert rep["restarts"].get("infer") == 1
     assert rep["frames"] == n and not rep["drops"].get("lost")
-    assert ffprobe_frames(out) == n
+    assert frames_in(out) == n
 
 
 def test_sigint_finalizes_mp4_and_leaves_nothing(tmp_path, avi_clip, onnx_model):
     out, progress = tmp_path / "out.mp4", tmp_path / "progress"
-    p = start(run_args(avi_clip.path, onnx_model, "--sink", str(out), *mask_sink(progress)), tmp_path)
+    p = start(*run_args(avi_clip.path, onnx_model, "--sink", str(out), *mask_sink(progress)), cwd=tmp_path)
     seen = wait_running(p, progress, 10)
-    children = stage_children(p.pid)
+    children = stage_processes(p.pid)
     assert len(children) >= 4
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=60)
     assert p.returncode == 0, stderr
     assert "interrupted" in stderr
-    frames = ffprobe_frames(out)
+    frames = frames_in(out)
     # stopped early, and every frame that had reached the outputs before Ctrl-C is in the finalized mp4
     assert seen <= frames < avi_clip.frames
     assert frames == frames_out(progress)  # both sinks got the same frames
@@ -294,15 +219,15 @@ def test_sigint_finalizes_mp4_and_leaves_nothing(tmp_path, avi_clip, onnx_model)
 def test_killed_supervisor_leaves_no_children_or_segments(tmp_path, clip, onnx_model):
     progress = tmp_path / "progress"
     p = start(
-        run_args(
+        *run_args(
             clip, onnx_model, "--sink", str(tmp_path / "out.mp4"), *mask_sink(progress), "--no-progress"
         ),
-        tmp_path,
+        cwd=tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     wait_running(p, progress, 5)
-    children = stage_children(p.pid)
+    children = stage_processes(p.pid)
     assert any(n.startswith(f"segstream-{p.pid}-") for n in shm_segments()), "no shared-memory ring in use"
     p.kill()
     p.wait()
@@ -317,7 +242,7 @@ def test_killed_supervisor_leaves_no_children_or_segments(tmp_path, clip, onnx_m
 def test_corrupt_file_is_one_clear_error(tmp_path, onnx_model):
     bad = tmp_path / "corrupt.mp4"
     bad.write_bytes(os.urandom(200_000))
-    r = run(run_args(bad, onnx_model, "--sink", str(tmp_path / "o.mp4")), tmp_path)
+    r = run(*run_args(bad, onnx_model, "--sink", str(tmp_path / "o.mp4")), cwd=tmp_path)
     assert r.returncode == 2
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "corrupt.mp4" in lines[0], r.stderr
@@ -346,7 +271,9 @@ def test_truncated_and_damaged_file_ends_cleanly(tmp_path, sample_clip, onnx_mod
     assert 50 < decodable < sample_clip.frames and errors >= 1  # the cut and the damage are both read
 
     out, stats = tmp_path / "o.mp4", tmp_path / "stats.json"
-    r = run(run_args(cut, onnx_model, "--sink", str(out), "--stats-json", str(stats)), tmp_path, timeout=90)
+    r = run(
+        *run_args(cut, onnx_model, "--sink", str(out), "--stats-json", str(stats)), cwd=tmp_path, timeout=90
+    )
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stdout.startswith(f"{decodable} frames in ")
@@ -355,37 +282,21 @@ def test_truncated_and_damaged_file_ends_cleanly(tmp_path, sample_clip, onnx_mod
     # The damage is counted. The cut last packet counts as one more error when the decoder runs on one
     # thread (capture is pinned to one core) and vanishes with frame threads (the direct read above).
     assert errors <= rep["drops"].get("decode_error", 0) <= errors + 1, rep["drops"]
-    assert ffprobe_frames(out) == decodable
+    assert frames_in(out) == decodable
 
 
 def test_two_tcp_infer_workers_keep_order(tmp_path, clip, onnx_model):
     from stream.transport import free_tcp_port
 
     p_in, p_out = free_tcp_port(), free_tcp_port()
-    workers = [
-        start(
-            [
-                "worker",
-                "infer",
-                "--in",
-                f"tcp://127.0.0.1:{p_in}",
-                "--out",
-                f"tcp://127.0.0.1:{p_out}",
-                "--model",
-                str(onnx_model),
-                "--threads",
-                "1",
-            ],
-            tmp_path,
-            stdout=subprocess.DEVNULL,
-        )
-        for _ in range(2)
-    ]
+    worker = ["worker", "infer", "--in", f"tcp://127.0.0.1:{p_in}", "--out", f"tcp://127.0.0.1:{p_out}"]
+    worker += ["--model", str(onnx_model), "--threads", "1"]
+    workers = [start(*worker, cwd=tmp_path, stdout=subprocess.DEVNULL) for _ in range(2)]
     try:
         n = 30
         out = tmp_path / "out.mp4"
         r = run(
-            run_args(
+            *run_args(
                 clip,
                 onnx_model,
                 "--max-frames",
@@ -400,7 +311,7 @@ def test_two_tcp_infer_workers_keep_order(tmp_path, clip, onnx_model):
                 f"tcp://127.0.0.1:{p_in}",
                 f"tcp://127.0.0.1:{p_out}",
             ),
-            tmp_path,
+            cwd=tmp_path,
         )
         assert r.returncode == 0, r.stderr
         assert_in_order(decode(out), decode(clip, n))
@@ -418,7 +329,7 @@ def test_stalled_stage_is_restarted(tmp_path, clip, onnx_model):
     n = 300
     stats = tmp_path / "stats.json"
     p = start(
-        run_args(
+        *run_args(
             clip,
             onnx_model,
             "--max-frames",
@@ -430,11 +341,11 @@ def test_stalled_stage_is_restarted(tmp_path, clip, onnx_model):
             "--stall-timeout",
             "2",
         ),
-        tmp_path,
+        cwd=tmp_path,
     )
     pre = wait_for_stage(p.pid, "preprocess")
     wait_for_stage(p.pid, "infer")
-    wait_for_output(tmp_path / "o.mp4")
+    wait_for_output(tmp_path / "o.mp4", timeout=60)
     try:
         pre.suspend()  # alive but silent: only the heartbeat timeout can find it
     except psutil.NoSuchProcess:
@@ -448,11 +359,11 @@ def test_stalled_stage_is_restarted(tmp_path, clip, onnx_model):
 
 def test_restart_budget_spent_names_the_stage_and_exits_nonzero(tmp_path, clip, onnx_model):
     # one infer worker (the default is one per core for files): its restarts are what is counted
-    p = start(run_args(clip, onnx_model, "--sink", str(tmp_path / "o.mp4"), "--workers", "1"), tmp_path)
+    p = start(*run_args(clip, onnx_model, "--sink", str(tmp_path / "o.mp4"), "--workers", "1"), cwd=tmp_path)
     killed = set()
     end = time.monotonic() + 90
     while p.poll() is None and time.monotonic() < end:
-        for c in stage_children(p.pid):
+        for c in stage_processes(p.pid):
             try:
                 if "worker infer" in " ".join(c.cmdline()) and c.pid not in killed:
                     c.kill()

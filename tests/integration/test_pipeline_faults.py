@@ -13,7 +13,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,41 +21,16 @@ import numpy as np
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.procs import env, finish, frames_in, run, stage_processes, start, wait_for_output, wait_for_stage
+
 pytestmark = pytest.mark.timeout(240)
 
 # a file-like source (never drops, ends at its last frame) far longer than any test lets it run
 ENDLESS_FILE = "synthetic://?size=320x240&fps=30&frames=100000&live=0"
 
 
-def env(**extra: str) -> dict[str, str]:
-    e = dict(os.environ, **extra)
-    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    return e
-
-
-def start(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
-    kw.setdefault("stdout", subprocess.PIPE)
-    kw.setdefault("stderr", subprocess.PIPE)
-    kw.setdefault("env", env())
-    return subprocess.Popen([sys.executable, "-m", "stream", *args], cwd=cwd, text=True, **kw)
-
-
 def run_args(source: Path | str, model: Path, *options: str) -> list[str]:
     return ["run", str(source), "--model", str(model), "--no-progress", "--threads", "1", *options]
-
-
-def frames_in(path: Path) -> int:
-    """Frames ffprobe decodes: fails (no moov, garbage) unless the file is a finalized video."""
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0"]
-        + ["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, f"{path} is not a playable video: {out.stderr}"
-    return int(out.stdout.strip())
 
 
 def video_size(path: Path) -> tuple[int, int]:
@@ -67,66 +41,10 @@ def video_size(path: Path) -> tuple[int, int]:
         return s.codec_context.width, s.codec_context.height
 
 
-def stages_of(pid: int) -> list[psutil.Process]:
-    try:
-        kids = psutil.Process(pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    out = []
-    for c in kids:
-        try:
-            if " worker " in " ".join(c.cmdline()):
-                out.append(c)
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
-def wait_for_stage(pid: int, stage: str, timeout: float = 60) -> psutil.Process:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for c in stages_of(pid):
-            try:
-                if f"worker {stage}" in " ".join(c.cmdline()):
-                    return c
-            except psutil.NoSuchProcess:
-                pass
-        time.sleep(0.02)
-    raise AssertionError(f"no {stage} stage appeared")
-
-
-def wait_for_output(path: Path, proc: subprocess.Popen, timeout: float = 90) -> None:
-    """Until the sink has received frames (model loaded, frames moving), failing early if the run ended."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if path.exists() and path.stat().st_size > 0:
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"the run ended before {path} got a frame: {proc.communicate()}")
-        time.sleep(0.05)
-    raise AssertionError(f"{path} never received a frame")
-
-
 def infer_worker(model: Path, p_in: int, p_out: int, cwd: Path) -> subprocess.Popen:
-    return start(
-        ["worker", "infer", "--in", f"tcp://127.0.0.1:{p_in}", "--out", f"tcp://127.0.0.1:{p_out}"]
-        + ["--model", str(model), "--threads", "1"],
-        cwd,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def finish(proc: subprocess.Popen, timeout: float) -> tuple[str, str]:
-    """communicate(), but a run that does not end in time is killed and the test fails saying so."""
-    try:
-        return proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for c in stages_of(proc.pid):
-            c.kill()
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"the run did not end within {timeout} s (hung); stderr: {err[-2000:]}")
+    args = ["worker", "infer", "--in", f"tcp://127.0.0.1:{p_in}", "--out", f"tcp://127.0.0.1:{p_out}"]
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    return start(*args, "--model", model, "--threads", "1", cwd=cwd, **quiet)
 
 
 def in_order(out: Path, n: int, source: str) -> None:
@@ -155,11 +73,8 @@ def in_order(out: Path, n: int, source: str) -> None:
 def test_frames_larger_than_1080p_are_segmented(tmp_path, onnx_model, size, n):
     out = tmp_path / "big.mp4"
     stats = tmp_path / "stats.json"
-    p = start(
-        run_args(f"synthetic://?size={size}&fps=10&frames={n}", onnx_model)
-        + ["--sink", str(out), "--stats-json", str(stats)],
-        tmp_path,
-    )
+    args = run_args(f"synthetic://?size={size}&fps=10&frames={n}", onnx_model, "--sink", str(out))
+    p = start(*args, "--stats-json", stats, cwd=tmp_path)
     stdout, stderr = finish(p, 180)
     assert p.returncode == 0, stderr
     assert frames_in(out) == n
@@ -180,11 +95,8 @@ def test_frames_larger_than_their_ring_slot_travel_inline(tmp_path, onnx_model):
     for i, (w, h) in enumerate(sizes):
         cv2.imwrite(str(folder / f"f{i:02d}.png"), rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
     stats = tmp_path / "stats.json"
-    p = start(
-        run_args(folder, onnx_model)
-        + ["--sink", f"images:{tmp_path / 'out'}?what=frame,mask", "--stats-json", str(stats)],
-        tmp_path,
-    )
+    args = run_args(folder, onnx_model, "--sink", f"images:{tmp_path / 'out'}?what=frame,mask")
+    p = start(*args, "--stats-json", stats, cwd=tmp_path)
     stdout, stderr = finish(p, 120)
     assert p.returncode == 0, stderr
     rep = json.loads(stats.read_text())
@@ -206,7 +118,7 @@ def remote_run(tmp_path: Path, model: Path, p_in: int, p_out: int, source: str, 
     args = run_args(source, model, "--sink", f"file:{out}?crf=0", "--opacity", "0")
     args += ["--stats-json", str(stats), "--workers", "0"]
     args += ["--remote-infer", f"tcp://127.0.0.1:{p_in}", f"tcp://127.0.0.1:{p_out}", *options]
-    return start(args, tmp_path), out, stats
+    return start(*args, cwd=tmp_path), out, stats
 
 
 def test_frames_of_a_killed_remote_worker_are_resent_to_its_replacement(tmp_path, onnx_model):
@@ -273,13 +185,15 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_promptly(tmp_path, onnx_model, t
     codes = []
     for delay in (0.0, 0.3, 0.7, 1.2, 2.0, 3.0, "first frame"):
         out = tmp_path / f"out-{delay}.mp4"
-        p = start(run_args(ENDLESS_FILE, onnx_model, "--sink", str(out)), tmp_path, start_new_session=True)
+        p = start(
+            *run_args(ENDLESS_FILE, onnx_model, "--sink", str(out)), cwd=tmp_path, start_new_session=True
+        )
         wait_for_stage(p.pid, "capture")
         if delay == "first frame":  # frames are moving: the drain path, which must write the file
             wait_for_output(out, p)
         else:
             time.sleep(delay)
-        children = stages_of(p.pid)
+        children = stage_processes(p.pid)
         t0 = time.monotonic()
         if target == "group":
             os.killpg(p.pid, signal.SIGINT)
@@ -309,11 +223,8 @@ def test_ctrl_c_at_any_moment_of_start_up_stops_promptly(tmp_path, onnx_model, t
 def test_restarted_overlay_on_a_live_source_rolls_to_a_new_segment(tmp_path, onnx_model):
     out = tmp_path / "live.mp4"
     stats = tmp_path / "stats.json"
-    p = start(
-        run_args("synthetic://?size=320x240&fps=20&frames=200", onnx_model)
-        + ["--sink", str(out), "--stats-json", str(stats)],
-        tmp_path,
-    )
+    args = run_args("synthetic://?size=320x240&fps=20&frames=200", onnx_model, "--sink", str(out))
+    p = start(*args, "--stats-json", stats, cwd=tmp_path)
     overlay = wait_for_stage(p.pid, "overlay")
     wait_for_output(out, p)
     time.sleep(1.0)
@@ -336,7 +247,7 @@ def test_restarted_overlay_on_a_live_source_rolls_to_a_new_segment(tmp_path, onn
 
 def test_stalled_overlay_on_a_file_leaves_a_playable_mp4(tmp_path, onnx_model):
     out = tmp_path / "out.mp4"
-    p = start(run_args(ENDLESS_FILE, onnx_model, "--sink", str(out), "--stall-timeout", "2"), tmp_path)
+    p = start(*run_args(ENDLESS_FILE, onnx_model, "--sink", str(out), "--stall-timeout", "2"), cwd=tmp_path)
     overlay = wait_for_stage(p.pid, "overlay")
     wait_for_output(out, p)
     overlay.suspend()  # alive but silent: only the heartbeat timeout finds it
@@ -370,10 +281,10 @@ def test_errors_that_need_no_stage_come_before_any_stage(tmp_path, onnx_model, w
     else:
         sink = f"images:{tmp_path / 'plain-file' / 'frames'}?what=mask"
     t0 = time.monotonic()
-    p = start(run_args(source, onnx_model, "--sink", sink), tmp_path)
+    p = start(*run_args(source, onnx_model, "--sink", sink), cwd=tmp_path)
     seen = []
     while p.poll() is None:  # a stage takes far longer than one poll to start: none can slip by
-        seen += [c.pid for c in stages_of(p.pid)]
+        seen += [c.pid for c in stage_processes(p.pid)]
         time.sleep(0.01)
     took = time.monotonic() - t0
     stdout, stderr = p.communicate()
@@ -393,8 +304,8 @@ def test_next_run_removes_what_a_killed_process_group_left(tmp_path, onnx_model)
         e = env(TMPDIR=str(tmp))
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         p = start(
-            run_args(ENDLESS_FILE, onnx_model, "--sink", str(tmp_path / "a.mp4")),
-            tmp_path,
+            *run_args(ENDLESS_FILE, onnx_model, "--sink", str(tmp_path / "a.mp4")),
+            cwd=tmp_path,
             env=e,
             start_new_session=True,
             **quiet,
@@ -409,13 +320,10 @@ def test_next_run_removes_what_a_killed_process_group_left(tmp_path, onnx_model)
         psutil.wait_procs(procs, timeout=10)
         p.wait()
         assert all(d.exists() for d in left)
-        r = subprocess.run(
-            [sys.executable, "-m", "stream", *run_args("synthetic://?frames=2", onnx_model)]
-            + ["--sink", str(tmp_path / "b.mp4")],
+        r = run(
+            *run_args("synthetic://?frames=2", onnx_model, "--sink", str(tmp_path / "b.mp4")),
             cwd=tmp_path,
             env=e,
-            capture_output=True,
-            text=True,
             timeout=120,
         )
         assert r.returncode == 0, r.stderr

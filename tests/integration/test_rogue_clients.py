@@ -10,8 +10,9 @@ import subprocess
 import threading
 import time
 
-import av
 import pytest
+
+from tests.procs import decoded_frames
 
 from .mask_helpers import free_port_block, segstream, start_ready
 
@@ -50,11 +51,6 @@ def _rogue(endpoint: str, mode: str, seconds: float) -> subprocess.Popen:
     return start_ready(ROGUE, endpoint, mode, seconds)
 
 
-def _frames_in(path) -> int:
-    with av.open(str(path)) as c:
-        return sum(1 for _ in c.decode(video=0))
-
-
 @pytest.mark.timeout(240)
 def test_rogue_recorders_cannot_stall_a_file_run(tmp_path, onnx_model):
     """credit 0 forever used to block the overlay until the supervisor killed it (exit 1, unplayable
@@ -86,7 +82,7 @@ def test_rogue_recorders_cannot_stall_a_file_run(tmp_path, onnx_model):
         proc.wait(10)
         results[mode] = proc
     assert run.returncode == 0, run_err
-    assert _frames_in(out) == n  # finalized and playable, every frame
+    assert decoded_frames(out) == n  # finalized and playable, every frame
     headers = [json.loads(p.read_text()) for p in sorted((tmp_path / "rec").glob("*.json"))]
     assert [h["seq"] for h in headers] == list(range(n)), rec_err
     assert honest.returncode == 0 and "end of stream" in rec_err
@@ -113,7 +109,7 @@ def test_rogue_recorders_are_told_they_were_dropped(tmp_path, onnx_model):
     assert got["end"] is not None and got["end"]["reason"].startswith("dropped")
     zero.kill()
     zero.wait(10)
-    assert _frames_in(tmp_path / "out.mp4") == 30
+    assert decoded_frames(tmp_path / "out.mp4") == 30
 
 
 @pytest.mark.timeout(240)
@@ -151,7 +147,7 @@ def test_live_run_keeps_its_pace_with_a_silent_recorder(tmp_path, onnx_model):
     assert len(arrivals) > 40, len(arrivals)  # 80 frames at 10 fps; some may drop on a busy machine
     worst = max(b - a for a, b in zip(arrivals, arrivals[1:], strict=False))
     assert worst < 3.0, f"the output stopped for {worst:.1f} s"
-    assert _frames_in(out) >= len(arrivals) - 5
+    assert decoded_frames(out) >= len(arrivals) - 5
 
 
 def test_lossless_port_is_closed_unless_asked_for():

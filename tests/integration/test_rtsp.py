@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -19,11 +17,13 @@ import pytest
 
 from stream.sources.base import ReadStatus, SourceError
 from stream.sources.network import NetworkSource
+from stream.transport import free_tcp_port
 from stream.uri import open_source
 from tests.integration.mask_helpers import Headers
+from tests.procs import REPO, frames_in, start
+from tests.reading import read_ok
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 SYSTEM_PYTHON = "/usr/bin/python3"
 PASSWORD = "s3cret-Pw9"  # must never appear in anything segstream prints, writes or publishes
 
@@ -44,12 +44,6 @@ def _gst_rtsp_missing() -> str | None:
 
 _MISSING = _gst_rtsp_missing()
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=_MISSING or "")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Camera:
@@ -90,21 +84,12 @@ class Camera:
 def camera(request: pytest.FixtureRequest) -> Iterator[Camera]:
     """``@pytest.mark.parametrize("camera", [(args, user)], indirect=True)``; default: 320x240 at 30 fps."""
     args, user = getattr(request, "param", (("--pattern", "320x240@30"), None))
-    cam = Camera(free_port(), *args, user=user)
+    cam = Camera(free_tcp_port(), *args, user=user)
     cam.start()
     yield cam
     if cam.proc is not None:
         cam.thaw()
     cam.kill()
-
-
-def read_ok(src: NetworkSource, n: int, within_s: float) -> list:
-    frames, end = [], time.monotonic() + within_s
-    while len(frames) < n and time.monotonic() < end:
-        f = src.read(timeout=0.5)
-        if f.status is ReadStatus.OK:
-            frames.append(f)
-    return frames
 
 
 # ---------------------------------------------------------------------------------------- the source
@@ -126,7 +111,7 @@ def test_frames_flow_with_the_cameras_clock(camera: Camera, query: str, size: tu
     info = src.open()
     try:
         assert (info.height, info.width) == size and info.live
-        frames = read_ok(src, 40, within_s=15)
+        frames = read_ok(src, 40, within_s=15, read_timeout=0.5)
         assert len(frames) == 40
         assert all(f.image.shape == (*size, 3) for f in frames)
         # RTCP sender reports come every few seconds (the first one at a randomized moment, sometimes after
@@ -134,7 +119,7 @@ def test_frames_flow_with_the_cameras_clock(camera: Camera, query: str, size: tu
         # before we received it (same host, same clock)
         end = time.monotonic() + 12
         while not any(f.camera_time is not None for f in frames) and time.monotonic() < end:
-            frames += read_ok(src, 10, within_s=2)
+            frames += read_ok(src, 10, within_s=2, read_timeout=0.5)
         first = next((i for i, f in enumerate(frames) if f.camera_time is not None), None)
         assert first is not None, "no frame carried the camera's clock within 12 s"
         timed = frames[first:]
@@ -177,7 +162,7 @@ def test_a_silent_camera_is_noticed_and_the_stream_comes_back(camera: Camera) ->
     src = open_source(camera.url(query="timeout=1&open_timeout=1&backoff_min=0.2&backoff_max=0.5"))
     src.open()
     try:
-        before = read_ok(src, 10, within_s=10)
+        before = read_ok(src, 10, within_s=10, read_timeout=0.5)
         assert len(before) == 10
         camera.freeze()  # alive, connection open, nothing sent: only the silence timeout can tell
         t0 = time.monotonic()
@@ -191,7 +176,7 @@ def test_a_silent_camera_is_noticed_and_the_stream_comes_back(camera: Camera) ->
         while src.stats.reconnects < 1 and time.monotonic() < end:
             src.read(timeout=0.2)
         notices += src.take_notices()
-        after = read_ok(src, 10, within_s=10)
+        after = read_ok(src, 10, within_s=10, read_timeout=0.5)
         assert len(after) == 10 and after[0].index > before[-1].index
         lost = [n for n in notices if "stream lost" in n]
         assert len(lost) == 1 and "stream lost (no data for 1." in lost[0], notices
@@ -214,7 +199,7 @@ def test_credentials_open_the_stream_and_a_wrong_password_is_never_echoed(camera
     info = src.open()
     try:
         assert PASSWORD not in info.uri and "viewer:***@" in info.uri
-        assert len(read_ok(src, 5, within_s=10)) == 5
+        assert len(read_ok(src, 5, within_s=10, read_timeout=0.5)) == 5
     finally:
         src.close()
     with pytest.raises(SourceError) as e:
@@ -225,28 +210,6 @@ def test_credentials_open_the_stream_and_a_wrong_password_is_never_echoed(camera
 # -------------------------------------------------------------------------------------- the pipeline
 
 
-def segstream(*args: str, cwd: Path) -> subprocess.Popen:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.Popen(
-        [sys.executable, "-m", "stream", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def ffprobe_frames(path: Path) -> int:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0", "-show_entries",
-         "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return int(out.stdout.strip())
-
-
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("camera", [(("--pattern", "320x240@15"), "viewer")], indirect=True)
 def test_camera_restarted_at_another_size_run_reconnects_reports_and_never_shows_the_password(
@@ -255,10 +218,10 @@ def test_camera_restarted_at_another_size_run_reconnects_reports_and_never_shows
     """A camera with a password is killed mid-run and comes back 2 s later at another size: the run says
     so on the terminal, resumes, counts the outage in --stats-json, the mask headers and the live view,
     and the password appears nowhere."""
-    pub, view = free_port(), free_port()
+    pub, view = free_tcp_port(), free_tcp_port()
     out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
     url = camera.url(query="timeout=2&open_timeout=2&backoff_min=0.3&backoff_max=1&reconnect=30")
-    p = segstream(
+    p = start(
         "run", url, "--model", str(onnx_model), "--sink", str(out),
         "--sink", f"zmq-pub://127.0.0.1:{pub}", "--sink", f"http://127.0.0.1:{view}",
         "--stats-json", str(stats), cwd=tmp_path,
@@ -317,7 +280,7 @@ def test_camera_restarted_at_another_size_run_reconnects_reports_and_never_shows
     assert view_stats["source"]["reconnects"] == 1 and view_stats["source"]["uri"] == link["uri"]
 
     # the output is finalized and holds every frame written, of either size
-    assert ffprobe_frames(out) == rep["frames"] > 20
+    assert frames_in(out) == rep["frames"] > 20
 
     # the password is nowhere: terminal, stats file, mask headers, live view
     for where, text in {
@@ -332,10 +295,10 @@ def test_camera_restarted_at_another_size_run_reconnects_reports_and_never_shows
 def test_camera_that_never_comes_back_ends_the_run_after_the_budget(
     camera: Camera, tmp_path: Path, onnx_model: Path
 ) -> None:
-    pub = free_port()
+    pub = free_tcp_port()
     out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
     url = camera.url(query="timeout=1&open_timeout=1&backoff_min=0.2&backoff_max=0.4&reconnect=2")
-    p = segstream(
+    p = start(
         "run", url, "--model", str(onnx_model), "--sink", str(out), "--sink", f"zmq-pub://127.0.0.1:{pub}",
         "--stats-json", str(stats), cwd=tmp_path,
     )  # fmt: skip
@@ -362,4 +325,4 @@ def test_camera_that_never_comes_back_ends_the_run_after_the_budget(
     assert len(attempts) == 3, stderr
     rep = json.loads(stats.read_text())
     assert rep["streams"]["0"]["outages"] == 1 and rep["streams"]["0"]["down"] is True
-    assert ffprobe_frames(out) == rep["frames"] >= 10  # what was written before the camera died is kept
+    assert frames_in(out) == rep["frames"] >= 10  # what was written before the camera died is kept

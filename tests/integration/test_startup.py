@@ -5,27 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.procs import REPO, run, start
+
 BUNDLED_MODEL = REPO / "stream" / "assets" / "default.onnx"
 pytestmark = pytest.mark.timeout(150)
-
-
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    return e
-
-
-def segstream(*args: str) -> list[str]:
-    return [sys.executable, "-m", "stream", *args]
 
 
 def mapped_libraries(pid: int) -> str:
@@ -39,23 +28,17 @@ def mapped_libraries(pid: int) -> str:
 def test_the_supervisor_never_loads_an_inference_runtime(tmp_path, sample_clip):
     """Only infer processes load the model; the supervisor reads its metadata from the file. Checked on
     the supervisor's own memory map while the run goes on: a loaded ONNX Runtime library never goes away."""
-    p = subprocess.Popen(
-        segstream(
-            "run",
-            str(sample_clip.path),
-            "--model",
-            str(BUNDLED_MODEL),
-            "--max-frames",
-            "40",
-            "--sink",
-            str(tmp_path / "out.mp4"),
-            "--no-progress",
-        ),
+    p = start(
+        "run",
+        str(sample_clip.path),
+        "--model",
+        str(BUNDLED_MODEL),
+        "--max-frames",
+        "40",
+        "--sink",
+        str(tmp_path / "out.mp4"),
+        "--no-progress",
         cwd=tmp_path,
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
     infer_maps = ""
     supervisor_maps = ""
@@ -86,22 +69,17 @@ def test_a_one_frame_run_writes_a_valid_one_frame_video(tmp_path, sample_clip):
     import av
 
     out = tmp_path / "one.mp4"
-    r = subprocess.run(
-        segstream(
-            "run",
-            str(sample_clip.path),
-            "--model",
-            str(BUNDLED_MODEL),
-            "--max-frames",
-            "1",
-            "--sink",
-            str(out),
-            "--no-progress",
-        ),
+    r = run(
+        "run",
+        str(sample_clip.path),
+        "--model",
+        str(BUNDLED_MODEL),
+        "--max-frames",
+        "1",
+        "--sink",
+        str(out),
+        "--no-progress",
         cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
         timeout=120,
     )
     assert r.returncode == 0, r.stderr
@@ -121,24 +99,19 @@ def test_a_file_run_starts_one_infer_worker_per_core(tmp_path, sample_clip):
     default was one pinned thread, leaving the second core idle half the time)."""
     two = sorted(os.sched_getaffinity(0))[:2]
     stats = tmp_path / "stats.json"
-    r = subprocess.run(
-        segstream(
-            "run",
-            str(sample_clip.path),
-            "--model",
-            str(BUNDLED_MODEL),
-            "--max-frames",
-            "60",
-            "--sink",
-            str(tmp_path / "out.mp4"),
-            "--no-progress",
-            "--stats-json",
-            str(stats),
-        ),
+    r = run(
+        "run",
+        str(sample_clip.path),
+        "--model",
+        str(BUNDLED_MODEL),
+        "--max-frames",
+        "60",
+        "--sink",
+        str(tmp_path / "out.mp4"),
+        "--no-progress",
+        "--stats-json",
+        str(stats),
         cwd=tmp_path,
-        env=env(),
-        capture_output=True,
-        text=True,
         timeout=120,
         preexec_fn=lambda: os.sched_setaffinity(0, two),
     )

@@ -11,10 +11,8 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,39 +20,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.procs import (
+    env,  # noqa: F401 - re-exported for test_model_swap.py (see segstream below)
+    frames_in,
+    start,
+)
+
 pytestmark = pytest.mark.timeout(180)
 
 
-def env() -> dict[str, str]:
-    e = dict(os.environ)
-    e["PYTHONPATH"] = str(REPO) + (os.pathsep + e["PYTHONPATH"] if e.get("PYTHONPATH") else "")
-    return e
-
-
 def segstream(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "stream", *args],
-        cwd=cwd,
-        env=env(),
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        **kw,
-    )
-
-
-def frames_in(path: Path) -> int:
-    """Frames ffprobe decodes (fails unless the file is a finalized video)."""
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0"]
-        + ["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, f"{path} is not a playable video: {out.stderr}"
-    return int(out.stdout.strip())
+    """tests.procs.start taking a list: test_model_swap.py imports this (and env) from here; drop both once
+    it imports tests.procs itself."""
+    return start(*args, cwd=cwd, **kw)
 
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg/ffprobe not installed")
@@ -63,12 +41,12 @@ needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg
 @needs_ffmpeg
 def test_a_file_flat_out_does_not_starve_a_live_stream(tmp_path, onnx_model, sample_clip):
     live_n = 30
-    p = segstream(
-        ["run", str(sample_clip.path), f"synthetic://?size=320x240&fps=10&frames={live_n}"]
-        + ["--model", str(onnx_model), "--threads", "1", "--workers", "1", "--no-progress"]
-        + ["--sink", "out-{stream}.mp4", "--stats-json", "stats.json"],
-        tmp_path,
-    )
+    p = start(
+        "run", sample_clip.path, f"synthetic://?size=320x240&fps=10&frames={live_n}",
+        "--model", onnx_model, "--threads", "1", "--workers", "1", "--no-progress",
+        "--sink", "out-{stream}.mp4", "--stats-json", "stats.json",
+        cwd=tmp_path,
+    )  # fmt: skip
     stdout, stderr = p.communicate(timeout=150)
     assert p.returncode == 0, stderr
     rep = json.loads((tmp_path / "stats.json").read_text())
@@ -189,7 +167,7 @@ sinks = ["net.mp4", "zmq-pub://127.0.0.1:{pub_net}"]
     for t in threads:
         t.start()
     server.wait_listening()  # ffmpeg listening before the run connects
-    p = segstream(["run", "--config", "streams.toml"], tmp_path)
+    p = start("run", "--config", "streams.toml", cwd=tmp_path)
     try:
         deadline = time.monotonic() + 90
         while len(masks_net) < 5 and time.monotonic() < deadline and p.poll() is None:
@@ -237,13 +215,11 @@ def test_remote_worker_drops_garbage_and_computes_what_frames_ask_for(tmp_path, 
     pull.bind(f"tcp://127.0.0.1:{p_out}")
     pull.setsockopt(zmq.RCVTIMEO, 60_000)
     log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "stream", "worker", "infer", "--in", f"tcp://127.0.0.1:{p_in}"]
-        + ["--out", f"tcp://127.0.0.1:{p_out}", "--model", str(onnx_model), "--threads", "1"],
-        env=env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    worker = start(
+        "worker", "infer", "--in", f"tcp://127.0.0.1:{p_in}", "--out", f"tcp://127.0.0.1:{p_out}",
+        "--model", onnx_model, "--threads", "1",
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
     try:
         junk = [
             [b"not json"],
@@ -281,12 +257,12 @@ def test_a_stream_added_and_removed_while_the_run_goes_on(tmp_path, onnx_model):
 
     n = 300  # stream 0: 30 s at 10 fps; removed long before that
     ctl = f"tcp://127.0.0.1:{free_tcp_port()}"
-    p = segstream(
-        ["run", f"synthetic://?size=320x240&fps=10&frames={n}", "--model", str(onnx_model)]
-        + ["--threads", "1", "--no-progress", "--sink", "a.mp4", "--stats-json", "stats.json"]
-        + ["--control", ctl],
-        tmp_path,
-    )
+    p = start(
+        "run", f"synthetic://?size=320x240&fps=10&frames={n}", "--model", onnx_model,
+        "--threads", "1", "--no-progress", "--sink", "a.mp4", "--stats-json", "stats.json",
+        "--control", ctl,
+        cwd=tmp_path,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
         while True:  # the control port answers once the stages are being started

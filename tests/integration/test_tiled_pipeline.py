@@ -8,27 +8,17 @@ at the frame's full resolution, with any seam or offset error in preprocess, inf
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from tests.procs import run, start
 from tests.unit import tiling_models as tm
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(150)
-
-
-def segstream(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +41,7 @@ def read_masks(folder: Path) -> list[np.ndarray]:
 
 def test_pipeline_tiled_masks_are_exact_at_full_resolution(mosaics, tmp_path: Path) -> None:
     frames, model, truths = mosaics
-    out = segstream(
+    out = run(
         "run", f"images:{frames}", "--model", str(model), "--infer-mode", "tiled",
         "--sink", f"images:{tmp_path / 'o'}?what=mask", "--stats-json", str(tmp_path / "s.json"),
         "--no-progress", cwd=tmp_path,
@@ -72,13 +62,11 @@ def test_pipeline_run_config_file_selects_tiled_mode(mosaics, tmp_path: Path) ->
     cfg = tmp_path / "run.toml"
     cfg.write_text(f'model = "{model}"\ninfer_mode = "tiled"\ntile_overlap = 0.25\n')
     sink = f"images:{tmp_path / 'o'}?what=mask"
-    out = segstream(
-        "run", f"images:{frames}", "--config", str(cfg), "--sink", sink, "--no-progress", cwd=tmp_path
-    )
+    out = run("run", f"images:{frames}", "--config", str(cfg), "--sink", sink, "--no-progress", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert all(np.array_equal(m, t) for m, t in zip(read_masks(tmp_path / "o" / "mask"), truths, strict=True))
     sink2 = f"images:{tmp_path / 'p'}?what=mask"
-    out = segstream(
+    out = run(
         "run", f"images:{frames}", "--model", str(model), "--sink", sink2, "--no-progress", cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr
@@ -102,7 +90,7 @@ def test_bad_tiling_options_and_config_files_get_one_line(
     (tmp_path / "bad.toml").write_text('infer_mod = "tiled"\n')
     (tmp_path / "typo.json").write_text('{"infer_mode": "tiled",}')
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
-    out = segstream("run", "--max-frames", "1", *args, "--no-progress", cwd=tmp_path)
+    out = run("run", "--max-frames", "1", *args, "--no-progress", cwd=tmp_path)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr
@@ -116,15 +104,13 @@ def test_remote_infer_worker_tiles_what_the_header_says(mosaics, tmp_path: Path)
 
     frames, model, truths = mosaics
     p_in, p_out = free_tcp_port(), free_tcp_port()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "stream", "worker", "infer", "--in", f"tcp://127.0.0.1:{p_in}",
-         "--out", f"tcp://127.0.0.1:{p_out}", "--model", str(model), "--threads", "1"],
-        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    worker = start(
+        "worker", "infer", "--in", f"tcp://127.0.0.1:{p_in}", "--out", f"tcp://127.0.0.1:{p_out}",
+        "--model", model, "--threads", "1",
+        cwd=tmp_path, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        out = segstream(
+        out = run(
             "run", f"images:{frames}", "--model", str(model), "--infer-mode", "tiled",
             "--sink", f"images:{tmp_path / 'o'}?what=mask", "--no-progress", "--workers", "0",
             "--remote-infer", f"tcp://127.0.0.1:{p_in}", f"tcp://127.0.0.1:{p_out}", cwd=tmp_path,
@@ -146,7 +132,7 @@ def test_eval_and_predict_measure_each_mode(camvid: Path, tmp_path: Path) -> Non
     figures = {}
     for mode in ("scaled", "tiled"):
         js = tmp_path / f"{mode}.json"
-        out = segstream(
+        out = run(
             "eval", "--data", data, "--size", "960x720", "--limit", "2", "--warmup", "0",
             "--infer-mode", mode, "--json", str(js), cwd=tmp_path,
         )  # fmt: skip
@@ -157,6 +143,6 @@ def test_eval_and_predict_measure_each_mode(camvid: Path, tmp_path: Path) -> Non
     img = sorted((camvid / "val" / "images").glob("*.jpg"))[0]
     big = tmp_path / "big.png"
     cv2.imwrite(str(big), cv2.resize(cv2.imread(str(img)), (960, 720)))
-    out = segstream("predict", str(big), "--out", "p", "--infer-mode", "tiled", cwd=tmp_path)
+    out = run("predict", str(big), "--out", "p", "--infer-mode", "tiled", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert cv2.imread(str(tmp_path / "p" / "big_mask.png"), cv2.IMREAD_UNCHANGED).shape == (720, 960)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,19 +12,13 @@ import cv2
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.procs import env, run, start
+
 pytest.importorskip("torch")
 
 
 def segstream(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    return run(*args, timeout=timeout, env=env(OMP_NUM_THREADS="1"))
 
 
 def common(camvid: Path, run: Path) -> list[str]:
@@ -125,14 +117,7 @@ def test_train_then_eval_then_predict(camvid: Path, tmp_path: Path) -> None:
 
 def test_sigint_then_resume(camvid: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "stream", "train", *common(camvid, run), "--epochs", "500"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    proc = start("train", *common(camvid, run), "--epochs", "500", env=env(OMP_NUM_THREADS="1"))
     deadline = time.monotonic() + 120
     while not (run / "log.jsonl").is_file() or len((run / "log.jsonl").read_text().splitlines()) < 2:
         assert proc.poll() is None, proc.communicate()[1]

@@ -8,10 +8,7 @@ needs numpy < 2, which the project's environment (opencv-python 5) cannot have.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,27 +16,25 @@ import cv2
 import numpy as np
 import pytest
 
+from stream.transport import free_tcp_port
+from tests.procs import REPO, kill_group, run
+
+free_port = free_tcp_port  # test_rgbd_inputs_triton.py imports it from here
+
 pytest.importorskip(
     "tritonclient.grpc", reason="tritonclient is not installed (pip install 'segstream[triton]')"
 )
 
-REPO = Path(__file__).resolve().parents[2]
 SERVER_PY = REPO / ".venv-pytriton" / "bin" / "python"
 SERVE = REPO / "docs" / "deploy" / "pytriton_serve.py"
 MODEL = REPO / "stream" / "assets" / "default.onnx"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def triton_server(tmp_path_factory):
     if not SERVER_PY.exists():
         pytest.skip(f"{SERVER_PY} is absent: run tools/install-dev.sh (it makes the PyTriton environment)")
-    ports = [free_port() for _ in range(3)]
+    ports = [free_tcp_port() for _ in range(3)]
     log = tmp_path_factory.mktemp("triton") / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -56,22 +51,7 @@ def triton_server(tmp_path_factory):
         yield f"triton://127.0.0.1:{ports[0]}/segstream"
     finally:
         # the server starts tritonserver and a model proxy: the whole session it leads goes
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
-
-
-def segstream(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
-    )
+        kill_group(proc, term_wait=20, kill_wait=5)
 
 
 def masks(folder: Path) -> dict[str, np.ndarray]:
@@ -80,13 +60,19 @@ def masks(folder: Path) -> dict[str, np.ndarray]:
 
 def test_run_through_triton_gives_the_local_masks(triton_server, sample_clip, tmp_path):
     """The bundled clip through the Triton server: every mask equals the local ONNX Runtime run's."""
-    served = segstream(
+    served = run(
         "run", str(sample_clip.path), "--backend", triton_server, "--sink", "images:served?what=mask",
-        "--sink", "served.mp4", "--no-progress", cwd=tmp_path,
+        "--sink", "served.mp4", "--no-progress", cwd=tmp_path, timeout=180,
     )  # fmt: skip
     assert served.returncode == 0, served.stderr
-    local = segstream(
-        "run", str(sample_clip.path), "--sink", "images:local?what=mask", "--no-progress", cwd=tmp_path
+    local = run(
+        "run",
+        sample_clip.path,
+        "--sink",
+        "images:local?what=mask",
+        "--no-progress",
+        cwd=tmp_path,
+        timeout=180,
     )
     assert local.returncode == 0, local.stderr
     a, b = masks(tmp_path / "served"), masks(tmp_path / "local")
@@ -126,20 +112,18 @@ def test_shared_memory_and_socket_transfers_agree(triton_server, sample_clip):
 
 def test_unknown_model_and_dead_server_are_one_line(triton_server, tmp_path):
     base = triton_server.rsplit("/", 1)[0]
-    wrong = segstream(
-        "run", "--backend", f"{base}/nosuchmodel", "--max-frames", "2", cwd=tmp_path, timeout=60
-    )
+    wrong = run("run", "--backend", f"{base}/nosuchmodel", "--max-frames", "2", cwd=tmp_path, timeout=60)
     assert wrong.returncode != 0
     assert "no ready model 'nosuchmodel'" in wrong.stderr and "Traceback" not in wrong.stderr
-    down = segstream(
-        "run", "--backend", f"triton://127.0.0.1:{free_port()}/segstream", "--max-frames", "2",
+    down = run(
+        "run", "--backend", f"triton://127.0.0.1:{free_tcp_port()}/segstream", "--max-frames", "2",
         cwd=tmp_path, timeout=60,
     )  # fmt: skip
     assert down.returncode != 0
     assert "no Triton server answers" in down.stderr and "Traceback" not in down.stderr
-    both = segstream("run", "--backend", triton_server, "--model", str(MODEL), cwd=tmp_path, timeout=60)
+    both = run("run", "--backend", triton_server, "--model", str(MODEL), cwd=tmp_path, timeout=60)
     assert both.returncode == 2 and "leave out --model" in both.stderr
-    bad = segstream("run", "--backend", "triton://127.0.0.1:x/m", cwd=tmp_path, timeout=60)
+    bad = run("run", "--backend", "triton://127.0.0.1:x/m", cwd=tmp_path, timeout=60)
     assert bad.returncode == 2 and "port" in bad.stderr and "Traceback" not in bad.stderr
 
 

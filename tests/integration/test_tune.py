@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from stream.config import load_run_config
+from tests.procs import run
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(240)
-
-
-def segstream(*args: str, cwd: Path, timeout: float = 200) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def test_tune_writes_a_config_that_meets_its_target_when_run(avi_clip, camvid: Path, tmp_path: Path) -> None:
@@ -34,11 +18,11 @@ def test_tune_writes_a_config_that_meets_its_target_when_run(avi_clip, camvid: P
     real pipeline), pairs it with mIoU on the fixture's val folder, writes best.toml; `segstream run
     --config best.toml` on the same source then reaches the target."""
     target = 3.0
-    out = segstream(
+    out = run(
         "tune", "--target-fps", str(target), "--source", str(avi_clip.path), "--data", str(camvid / "val"),
         "--budget", "0.2", "--frames", "20", "--limit", "3", "--sizes", "240x176,320x240,400x296,480x360",
         "--precisions", "fp32", "--backends", "onnxruntime", "--threads", "1x1,1x2", "--out", "tuned",
-        cwd=tmp_path,
+        cwd=tmp_path, timeout=200,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Pareto" in out.stdout and "<- chosen" in out.stdout
@@ -56,11 +40,11 @@ def test_tune_writes_a_config_that_meets_its_target_when_run(avi_clip, camvid: P
     assert chosen["fps"] >= target and chosen["confirmed_fps"] >= target and Path(cfg["model"]).is_file()
     assert cfg["threads"] == chosen["candidate"]["threads"] and cfg["infer_mode"] == "scaled"
 
-    run = segstream(
+    again = run(
         "run", str(avi_clip.path), "--config", str(best), "--max-frames", "60",
-        "--stats-json", "stats.json", "--no-progress", cwd=tmp_path,
+        "--stats-json", "stats.json", "--no-progress", cwd=tmp_path, timeout=200,
     )  # fmt: skip
-    assert run.returncode == 0, run.stderr
+    assert again.returncode == 0, again.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())
     assert stats["frames"] == 60 and stats["fps"] >= target, stats["fps"]
 
@@ -76,7 +60,7 @@ def test_tune_writes_a_config_that_meets_its_target_when_run(avi_clip, camvid: P
     ],
 )
 def test_tune_refuses_bad_options_in_one_line(args: list[str], needle: str, tmp_path: Path) -> None:
-    out = segstream("tune", *args, "--out", "t", cwd=tmp_path, timeout=60)
+    out = run("tune", *args, "--out", "t", cwd=tmp_path, timeout=60)
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], out.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,10 +21,10 @@ from engines.build import (
 )
 from engines.export import export_onnx, load_images
 from engines.runtime import BackendUnavailable, ModelFileError, ShapeError, load
+from tests.procs import run
 from tests.unit.runtime_models import TinyNet, camvid_meta
 
 trt_compat = pytest.importorskip("engines.trt_compat")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _trt():
@@ -73,9 +71,6 @@ def test_cli_build_engine_and_timing_cache(onnx_model: Path, tmp_path: Path) -> 
     out = tmp_path / "cli.engine"
     cache = tmp_path / "trt.timing.cache"
     cmd = [
-        sys.executable,
-        "-m",
-        "stream",
         "build-engine",
         str(onnx_model),
         "-o",
@@ -89,13 +84,13 @@ def test_cli_build_engine_and_timing_cache(onnx_model: Path, tmp_path: Path) -> 
         "--timing-cache",
         str(cache),
     ]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = run(*cmd, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "built by" in r.stdout and "[TRT]" not in r.stdout + r.stderr  # no bare TensorRT log lines
     assert read_engine_header(out)[0].profile.max == (2, 192, 256)
     if trt.has_timing_cache:  # full TensorRT: the cache is written, then reused by the next build
         assert cache.stat().st_size > 0
-        r2 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+        r2 = run(*cmd, timeout=300)
         assert "reused timing cache" in r2.stdout
     else:
         assert "no timing cache" in r.stdout
@@ -109,13 +104,7 @@ def test_build_errors_are_one_line(onnx_model: Path, tmp_path: Path) -> None:
         Profile((1, 200, 200), (1, 100, 100), (1, 300, 300))
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not onnx")
-    r = subprocess.run(
-        [sys.executable, "-m", "stream", "build-engine", str(junk)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    r = run("build-engine", junk, timeout=120)
     assert r.returncode == 2 and "junk.onnx: not a readable ONNX model" in r.stderr
     assert "Traceback" not in r.stderr
 

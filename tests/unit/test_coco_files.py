@@ -4,8 +4,6 @@ pycocotools' COCO API; and the Python subscriber reading coco-rle / polygons fro
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -16,10 +14,10 @@ from engines.meta import ClassTable
 from stream.sinks.base import Result, SinkError, StreamInfo
 from stream.subscriber import Subscriber
 from stream.uri import open_sink
+from tests.procs import run
 
 coco_api = pytest.importorskip("pycocotools.coco", reason="pycocotools is in the dev extra")
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _samples(camvid: Path, n: int = 3):
@@ -110,14 +108,8 @@ def test_images_sink_options_are_checked(tmp_path, spec, words):
 def test_predict_writes_coco_json(camvid, tmp_path):
     _, images, _, _ = _samples(camvid, 2)
     out = tmp_path / "pred"
-    cmd = [sys.executable, "-m", "stream", "predict", *map(str, images), "--out", str(out), "--threads", "1"]
-    proc = subprocess.run(
-        [*cmd, "--segments", "coco-rle,polygons", "--json", "run"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    predict = ["predict", *images, "--out", out, "--threads", "1"]
+    proc = run(*predict, "--segments", "coco-rle,polygons", "--json", "run", timeout=120)
     assert proc.returncode == 0, proc.stderr
     for kind in ("coco-rle", "polygons"):
         coco = _load(out / f"{kind}.json")
@@ -131,7 +123,7 @@ def test_predict_writes_coco_json(camvid, tmp_path):
         for a in coco.loadAnns(coco.getAnnIds(imgIds=[i])):
             rebuilt[coco.annToMask(a).astype(bool)] = a["category_id"]
         assert np.array_equal(rebuilt, mask)  # the JSON is the very mask the PNG holds
-    bad = subprocess.run([*cmd, "--segments", "rle2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    bad = run(*predict, "--segments", "rle2", timeout=120)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "rle2" in bad.stderr
 
 

@@ -5,15 +5,11 @@ teachers whose classes do not match."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 from torch import nn
 
 from engines.losses import DistillKL
@@ -22,9 +18,9 @@ from engines.models import build_model
 from engines.runtime.torch import write_checkpoint
 from engines.teacher import Teacher, TeacherError
 from engines.train import TrainConfig, TrainError, train
-from tests.unit.tiny_training import tiny_config
+from tests.procs import run
+from tests.unit.tiny_training import quiet, tiny_config
 
-REPO = Path(__file__).resolve().parents[2]
 TEACHER_NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))  # deliberately not the student's (ImageNet) one
 
 
@@ -45,10 +41,6 @@ class TinyNet(nn.Module):
 
 def tiny(arch: str, **kw) -> nn.Module:
     return TinyNet(**kw)
-
-
-def quiet() -> Console:
-    return Console(file=open(os.devnull, "w"), width=120)  # noqa: SIM115
 
 
 def make_teacher(path: Path, classes: ClassTable, sharpness: float = 8.0) -> Path:
@@ -191,10 +183,9 @@ def test_teacher_with_other_classes_is_rejected(camvid: Path, tmp_path: Path) ->
         TeacherError, match=r"its 3 classes \(road, car, person\) differ from the training data's 11"
     ):
         train(cfg(camvid, tmp_path / "r", teacher=str(path)), console=quiet(), builder=tiny)
-    r = subprocess.run(
-        [sys.executable, "-m", "stream.cli", "train", "--data", str(camvid / "train"), "--teacher", str(path),
-         "--epochs", "1", "--out", str(tmp_path / "cli")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+    r = run(
+        "train", "--data", camvid / "train", "--teacher", path, "--epochs", "1", "--out", tmp_path / "cli",
+        timeout=300,
     )  # fmt: skip
     assert r.returncode != 0 and "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

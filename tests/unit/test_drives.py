@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +19,9 @@ from engines.data import (
     split_by_drive,
 )
 from engines.train import TrainConfig, TrainError, train, train_folds
+from tests.procs import run
 from tests.unit.tiny_training import quiet, tiny
 
-REPO = Path(__file__).resolve().parents[2]
 DRIVES = ("0001TP", "0006R0", "0016E5")
 
 
@@ -43,9 +42,7 @@ def cfg(camvid: Path, out: Path, **kw) -> TrainConfig:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stream.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    return run(*args, timeout=300)
 
 
 # ------------------------------------------------------------------ grouping

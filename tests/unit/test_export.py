@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +14,12 @@ from torch import nn
 
 from engines.export import ExportError, export_onnx, get_meta, load_images, verify
 from engines.meta import META_KEY, ModelMeta
+from tests.procs import run
 from tests.unit.runtime_models import TinyNet, camvid_meta, trained_fastscnn
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args], cwd=REPO, capture_output=True, text=True, timeout=300
-    )
+    return run(*args, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import zmq
 
 from stream.keys import KeyError_, check_public_dir, generate, load_public, load_secret
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.procs import run
 
 
 def test_generate_writes_a_working_pair(tmp_path):
@@ -56,10 +52,9 @@ def test_allowed_folder_must_hold_public_keys(tmp_path):
 
 
 def test_cli_generate_and_error_exit(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "stream", "keys", "generate", str(tmp_path), "--name", "cam"]
-    ok = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    args = ["keys", "generate", tmp_path, "--name", "cam"]
+    ok = run(*args, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert (tmp_path / "cam.key").is_file() and (tmp_path / "cam.key_secret").is_file()
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    again = run(*args, timeout=60)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr

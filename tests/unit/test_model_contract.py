@@ -5,8 +5,6 @@ exit 2, one line, no traceback, nothing written because no stage was started).""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from engines.meta import META_KEY, ClassTable, ModelMeta
 from engines.runtime import ModelFileError, load
 from engines.runtime.contract import read_graph
 from engines.runtime.probe import probe
+from tests.procs import run
 
 REPO = Path(__file__).resolve().parents[2]
 W, H = 64, 48
@@ -341,10 +340,9 @@ def test_segstream_run_with_a_bad_model_is_one_line_and_starts_no_stage(name: st
     model = tmp_path / name
     build(model)
     out = tmp_path / "out.mp4"
-    r = subprocess.run(
-        [sys.executable, "-m", "stream", "run", f"synthetic://?size={W}x{H}&fps=30&frames=20",
-         "--model", str(model), "--sink", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=100, cwd=tmp_path,
+    r = run(
+        "run", f"synthetic://?size={W}x{H}&fps=30&frames=20", "--model", model, "--sink", out,
+        "--no-progress", timeout=100, cwd=tmp_path,
     )  # fmt: skip
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2, r.stderr

@@ -3,8 +3,6 @@ compiled by the installed TensorRT flavour."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +12,8 @@ import pytest
 from engines.export import export_checkpoint, get_meta, load_images
 from engines.quantize import QuantizeError, quantize_model
 from engines.runtime import BackendUnavailable, load
+from tests.procs import run
 from tests.unit.runtime_models import trained_fastscnn
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -74,29 +71,11 @@ def test_int8_model_builds_into_an_engine(int8_model: Path, tmp_path: Path) -> N
 
 def test_cli_reports_miou_cost(fp32_model: Path, camvid: Path, tmp_path: Path) -> None:
     out = tmp_path / "q.onnx"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "stream",
-            "quantize",
-            str(fp32_model),
-            "--calib",
-            str(camvid / "train"),
-            "--count",
-            "4",
-            "-o",
-            str(out),
-            "--val",
-            str(camvid / "val"),
-            "--val-count",
-            "4",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
+    r = run(
+        "quantize", fp32_model, "--calib", camvid / "train", "--count", "4", "-o", out,
+        "--val", camvid / "val", "--val-count", "4",
         timeout=300,
-    )
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "INT8 Q/DQ, calibrated on 4 images" in r.stdout
     assert "mIoU on 4 val images: FP32 0." in r.stdout and "cost" in r.stdout

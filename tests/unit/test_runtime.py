@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -13,6 +14,7 @@ import torch
 from engines.export import export_checkpoint, load_images
 from engines.runtime import BackendUnavailable, ModelFileError, ShapeError, load
 from engines.runtime.preprocess import prepare_batch, resize_to
+from tests.procs import run
 from tests.unit.runtime_models import camvid_meta, trained_fastscnn
 
 
@@ -139,14 +141,8 @@ def test_missing_gpu_is_backend_unavailable(models) -> None:
     assert load(ckpt, device="auto").device == "cpu"
 
 
-def _cli(*args: str, timeout: int = 300):
-    import subprocess
-    import sys
-
-    repo = Path(__file__).resolve().parents[2]
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args], cwd=repo, capture_output=True, text=True, timeout=timeout
-    )
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return run(*args, timeout=timeout)
 
 
 def test_doctor_reports_backends() -> None:

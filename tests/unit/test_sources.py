@@ -20,17 +20,7 @@ from stream.sources.network import NetworkSource
 from stream.sources.synthetic import SyntheticSource
 from stream.sources.webcam import WebcamSource
 from stream.uri import open_source
-
-
-def read_all(src, limit: int = 100_000):
-    """Every Frame up to and including EOS."""
-    frames = []
-    for _ in range(limit):
-        f = src.read(timeout=5.0)
-        frames.append(f)
-        if f.status is ReadStatus.EOS:
-            return frames
-    raise AssertionError(f"no EOS within {limit} reads")
+from tests.reading import read_all
 
 
 def ok_frames(frames):

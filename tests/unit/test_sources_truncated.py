@@ -6,8 +6,6 @@ with errors that name the key and the value."""
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import av
@@ -16,6 +14,7 @@ import pytest
 from stream.sources.base import ReadStatus, SourceError
 from stream.sources.file import mp4_damage
 from stream.uri import open_source
+from tests.procs import run
 
 CLIP = Path(__file__).resolve().parents[2] / "stream" / "assets" / "sample.mp4"
 
@@ -122,10 +121,7 @@ def test_segstream_run_on_a_truncated_file_is_one_line(where: str, clip: bytes, 
     path = tmp_path / "cut.mp4"
     path.write_bytes(clip[: off + size // 2 if where == "middle" else off + size - 7])
     out = tmp_path / "out.mp4"
-    r = subprocess.run(
-        [sys.executable, "-m", "stream", "run", str(path), "--sink", str(out), "--no-progress"],
-        capture_output=True, text=True, timeout=110, cwd=tmp_path,
-    )  # fmt: skip
+    r = run("run", path, "--sink", out, "--no-progress", timeout=110, cwd=tmp_path)
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("segstream run: error: ")]

@@ -3,18 +3,12 @@ every error names the stream, the key and the value."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from stream import headers as H
 from stream.config import ConfigError, PipelineConfig
 from stream.streams import StreamError, parse, stage_name
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.procs import run
 
 
 def test_a_one_source_run_is_stream_0_with_the_names_it_always_had():
@@ -85,15 +79,7 @@ def test_header_carries_ring_and_requests_and_refuses_bad_ones():
 
 
 def test_cli_refuses_a_sink_several_streams_would_share_in_one_line(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run(
-        [sys.executable, "-m", "stream", "run", "synthetic://", "synthetic://", "--sink", "o.mp4"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-        timeout=60,
-    )
+    out = run("run", "synthetic://", "synthetic://", "--sink", "o.mp4", cwd=tmp_path, timeout=60)
     assert out.returncode != 0
     assert "Traceback" not in out.stderr
     lines = [line for line in out.stderr.splitlines() if line.strip()]

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,8 @@ import torch
 from rich.console import Console
 
 from engines.train import TrainConfig, Trainer, TrainError, load_checkpoint, train
+from tests.procs import run
 from tests.unit.tiny_training import quiet, tiny, tiny_config
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def cfg(camvid: Path, out: Path, **kw) -> TrainConfig:
@@ -93,11 +90,7 @@ def test_init_from_a_run_that_trained_on_the_validation_drive_is_flagged(
 
 
 def test_cli_init_error_is_one_line(camvid: Path, tmp_path: Path) -> None:
-    r = subprocess.run(
-        [sys.executable, "-m", "stream", "train", "--data", str(camvid / "train"), "--init", "nope.pt",
-         "--out", str(tmp_path / "x")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    r = run("train", "--data", camvid / "train", "--init", "nope.pt", "--out", tmp_path / "x", timeout=120)
     assert r.returncode != 0
     assert "--init nope.pt: file not found" in r.stderr
     assert "Traceback" not in r.stderr

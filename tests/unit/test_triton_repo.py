@@ -5,14 +5,13 @@ would reject fails here."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
 
 from engines.meta import ClassTable, ModelMeta
 from engines.triton_repo import RepoOptions, TritonRepoError, config_pbtxt, write_repo
+from tests.procs import run
 
 mc = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is not installed")
 from google.protobuf import text_format  # noqa: E402 - after the skip: protobuf comes with tritonclient
@@ -103,20 +102,17 @@ def test_bad_options_and_inputs(tmp_path, onnx_model):
 
 
 def test_export_command_writes_the_repository(tmp_path, onnx_model):
-    r = subprocess.run(
-        [sys.executable, "-m", "stream", "export", str(onnx_model), "--triton-repo", str(tmp_path / "repo"),
-         "--triton-kind", "cpu", "--triton-queue-delay-us", "100"],
-        capture_output=True, text=True, timeout=120,
+    r = run(
+        "export", onnx_model, "--triton-repo", tmp_path / "repo", "--triton-kind", "cpu",
+        "--triton-queue-delay-us", "100", timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     c = parse((tmp_path / "repo" / "segstream" / "config.pbtxt").read_text())
     assert c.instance_group[0].kind == mc.ModelInstanceGroup.Kind.KIND_CPU
     assert c.dynamic_batching.max_queue_delay_microseconds == 100
     assert "tritonserver --model-repository" in r.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "stream", "export", str(onnx_model), "--triton-repo", str(tmp_path / "r2"),
-         "--triton-name", "no/slash"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    bad = run(
+        "export", onnx_model, "--triton-repo", tmp_path / "r2", "--triton-name", "no/slash", timeout=120
+    )
     assert bad.returncode == 2 and "model name" in bad.stderr and "Traceback" not in bad.stderr
     assert json.loads((tmp_path / "repo" / "segstream" / "segstream.meta.json").read_text())["max_batch"] == 4
