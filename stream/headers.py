@@ -22,6 +22,9 @@ HEADER_VERSION = 1
 FRAME = "frame"  # one frame (and whatever arrays a stage attached)
 EOS = "eos"  # end of stream; ``seq`` = number of frames sent
 HEARTBEAT = "hb"  # idle heartbeat on the data path
+# before a stream's first frame: the shape its frames will have, so every stage downstream warms its
+# per-frame path (ring attached, resize and blend kernels, sinks opened) before a frame waits on it
+PRIME = "prime"
 WANTS = ("confidence", "entropy", "margin")  # maps infer makes on request (FrameHeader.want)
 
 

@@ -143,6 +143,18 @@ class VideoFileSink(Sink):
         self._stream = stream
         log.debug("video sink %s: %dx%d @ %s fps", self.path, *self._enc_size, rate)
 
+    def prime(self) -> None:
+        """Open the encoder now rather than on the first frame (x264's set-up is milliseconds a live frame
+        should not wait for). The container header still waits for the first frame: until a frame is in
+        it, the file stays empty."""
+        if self._stream is None or self._container is None:
+            return
+        try:
+            self._stream.codec_context.open()
+        except (av.error.FFmpegError, OSError) as e:
+            why = getattr(e, "strerror", None) or e
+            raise SinkError(f"{self.spec}: cannot start the encoder ({why})") from None
+
     def _fit(self, image: np.ndarray) -> np.ndarray:
         """Make the frame the encoder's size: pad odd sizes by one edge pixel; rescale a changed size."""
         import cv2  # lazily: the supervisor imports this module for preflight() and needs no cv2

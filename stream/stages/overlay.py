@@ -103,7 +103,7 @@ class OverlayStage(Stage):
         self.total: int | None = None
         self.missing_since: float | None = None
         self.live = False
-        self.to_ack: list[int] = []
+        self.to_ack: list[int | str] = []
         self.written = 0
         self.duplicates = 0
         self.lut = self.meta.classes.lut_bgr()
@@ -166,6 +166,30 @@ class OverlayStage(Stage):
         # the files this instance writes, so the run's summary names every one of them
         self.files = [str(s.path) for s in self.sinks if getattr(s, "roll", None) and hasattr(s, "path")]
         self.opened = True
+
+    def prime(self, hdr: H.FrameHeader) -> None:
+        """The stream's frames are coming (stream.headers.PRIME): open the sinks and run the blend on its
+        frame size now, then tell capture (ack ``prime``), so the first frame waits on none of it."""
+        from engines.runtime.preprocess import resize_to
+
+        if hdr.stream != self.ctx.stream or len(hdr.shape) != 3 or hdr.shape[2] != 3:
+            self.malformed(f"prime for stream {hdr.stream[:40]!r} shape {tuple(hdr.shape)}")
+            return
+        started = time.perf_counter()
+        if not self.opened:
+            self.open_sinks(hdr)
+            for s in self.sinks:
+                prime = getattr(s, "prime", None)
+                if prime is not None:
+                    prime()
+        frame = np.zeros(tuple(hdr.shape), np.uint8)
+        h, w = self.meta.input_size[1], self.meta.input_size[0]
+        mask = resize_to(np.zeros((h, w), np.uint8), frame.shape[:2], nearest=True)
+        if any(s.wants_overlay for s in self.sinks):
+            shading = {"confidence": mask} if self.cfg.shade_uncertain is not None else {}
+            self.blend(frame, mask, **shading)
+        self.to_ack.append("prime")
+        self.metrics.extra["primed_ms"] = round((time.perf_counter() - started) * 1000, 1)
 
     def malformed(self, why: str) -> None:
         """A message that is not a result of ours (the results port may be tcp, open to anyone): count it,
@@ -230,6 +254,9 @@ class OverlayStage(Stage):
                 self.next_seq = hdr.seq
             if hdr.kind == H.EOS:
                 self.total = hdr.seq
+                continue
+            if hdr.kind == H.PRIME:
+                self.prime(hdr)
                 continue
             if hdr.kind != H.FRAME:
                 continue

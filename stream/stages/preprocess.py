@@ -256,6 +256,8 @@ class PreprocessStage(Stage):
         try:
             hdr, arrays = H.decode(frames)
             if hdr.kind != H.FRAME:
+                if hdr.kind == H.PRIME:
+                    self.prime(hdr)
                 self.enqueue(hdr.stream, H.encode(hdr))
                 return
             ring = self.ring_for(hdr)
@@ -297,6 +299,17 @@ class PreprocessStage(Stage):
             msg = H.encode(hdr, {**keep, "input": x})
         self.enqueue(hdr.stream, msg, is_frame=True)
         self.metrics.frames_out += 1
+
+    def prime(self, hdr: H.FrameHeader) -> None:
+        """A stream's frames are coming (stream.headers.PRIME): attach its ring and run the resize on its
+        frame size once, so its first frame finds both ready."""
+        import numpy as np
+
+        from engines.runtime.preprocess import prepare_batch
+
+        self.ring_for(hdr)  # HeaderError / ShmError: counted as malformed by take(), like a frame's
+        if len(hdr.shape) == 3 and self.cfg.infer_mode == "scaled" and "depth" not in self.meta.extra:
+            prepare_batch([np.zeros(hdr.shape, np.uint8)], self.meta, uint8=self.uint8)
 
     def malformed(self, why: str) -> None:
         """A message that is no frame of ours (or names a ring that is gone): count, log, drop, go on."""
