@@ -237,6 +237,13 @@ class Supervisor:
             elif self.fatal is None:
                 self.fatal = (name, msg.get("message", "failed"))
         elif kind == "done" and st is not None and sp.role == "sink":
+            why = msg.get("source_error")
+            if why:  # the source failed: as its capture's own "fatal" would (that one may come later)
+                source = next((s.name for s in self.of_stream(st.id) if s.role == "source"), name)
+                if self.multi:
+                    self.end_stream(st, why)
+                elif self.fatal is None:
+                    self.fatal = (source, why)
             st.done = msg
             if msg.get("metrics"):
                 self.metrics.update(name, msg["metrics"])

@@ -222,6 +222,10 @@ class CaptureStage(Stage):
     def finish(self) -> None:
         hdr = H.FrameHeader(kind=H.EOS, stream=self.stream, seq=self.seq, ts={"capture": time.time()})
         hdr.source = self.src_info
+        if self.source_failure is not None:
+            # the reason rides with EOS too: the overlay's "done" may reach the supervisor before this
+            # stage's own "fatal" (sent once every frame is acknowledged), and the run must not end as ok
+            hdr.source = {**self.src_info, "error": redact(self.source_failure[0])}
         self.send(H.encode(hdr))
         self.eos_sent = True
         self.source.close()

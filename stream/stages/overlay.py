@@ -428,6 +428,7 @@ class OverlayStage(Stage):
             "done",
             written=self.written,
             total=self.total,
+            source_error=self.src.get("error"),  # the source failed (capture's EOS says why)
             metrics=self.metrics.snapshot(),
             extra=self.heartbeat_extra(),
         )
