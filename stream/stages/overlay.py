@@ -109,6 +109,7 @@ class OverlayStage(Stage):
         self.lut = self.meta.classes.lut_bgr()
         self.blend = self._blend_fn()
         self.src: dict = {}
+        self.source_error: str | None = None
         self.done = False
         self.live_stats = LiveStats()
         self.files: list[str] = []
@@ -254,6 +255,8 @@ class OverlayStage(Stage):
                 self.next_seq = hdr.seq
             if hdr.kind == H.EOS:
                 self.total = hdr.seq
+                # kept apart from self.src: results of other workers may still come after EOS
+                self.source_error = hdr.source.get("error")
                 continue
             if hdr.kind == H.PRIME:
                 self.prime(hdr)
@@ -428,7 +431,7 @@ class OverlayStage(Stage):
             "done",
             written=self.written,
             total=self.total,
-            source_error=self.src.get("error"),  # the source failed (capture's EOS says why)
+            source_error=self.source_error,  # the source failed (capture's EOS says why)
             metrics=self.metrics.snapshot(),
             extra=self.heartbeat_extra(),
         )
