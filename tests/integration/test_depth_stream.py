@@ -22,6 +22,8 @@ import numpy as np
 import psutil
 import pytest
 
+from tests import procs
+
 from .mask_helpers import free_port_block
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,14 +33,7 @@ W, H = 64, 48
 
 
 def segstream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    return procs.run(*args, timeout=timeout, env=procs.env(OMP_NUM_THREADS="1"))
 
 
 @pytest.fixture(scope="module")

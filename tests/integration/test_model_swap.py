@@ -15,9 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -28,8 +26,9 @@ import pytest
 import torch
 
 from engines.meta import ClassTable
+from stream.transport import free_tcp_port
+from tests import procs
 from tests.integration.mask_helpers import free_port_block
-from tests.integration.test_streams import env, segstream
 from tests.unit.tiling_models import ColorNet, _meta, color_model, export
 
 pytestmark = pytest.mark.timeout(180)
@@ -56,20 +55,8 @@ def relabelled_model(root: Path) -> Path:
     return export(net, _meta(NEW_NAMES, NEW_PALETTE, "colornet-relabelled"), root / "colornet-new.onnx")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def ctl(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stream", "streams", *args],
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return procs.run("streams", *args, timeout=300)
 
 
 def offline(model: Path, frames: list[np.ndarray]) -> list[np.ndarray]:
@@ -87,12 +74,12 @@ def test_file_run_swapped_mid_run(tmp_path, avi_clip):
     a, b = color_model(tmp_path), rotated_model(tmp_path)
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(b"\x08\x07" + b"not a model" * 50)
-    url = f"tcp://127.0.0.1:{free_port()}"
-    p = segstream(
-        ["run", str(avi_clip.path), "--model", str(a), "--threads", "1", "--no-progress"]
-        + ["--sink", "images:out?what=mask", "--control", url, "--stats-json", "stats.json"],
-        tmp_path,
-    )
+    url = f"tcp://127.0.0.1:{free_tcp_port()}"
+    p = procs.start(
+        "run", avi_clip.path, "--model", a, "--threads", "1", "--no-progress",
+        "--sink", "images:out?what=mask", "--control", url, "--stats-json", "stats.json",
+        cwd=tmp_path,
+    )  # fmt: skip
     try:
         masks = tmp_path / "out" / "mask"
         end = time.monotonic() + 90
@@ -206,13 +193,13 @@ def test_live_run_swapped_to_another_class_table(tmp_path):
     new_table = ClassTable(names=NEW_NAMES, palette=NEW_PALETTE)
     assert old_table.digest() != new_table.digest()
     port = free_port_block(3)
-    url = f"tcp://127.0.0.1:{free_port()}"
-    p = segstream(
-        ["run", f"synthetic://?size=160x120&fps={FPS:g}", "--model", str(a), "--threads", "1"]
-        + ["--no-progress", "--control", url, "--stats-json", "stats.json"]
-        + ["--sink", f"zmq-pub://127.0.0.1:{port}?lossless=on"],
-        tmp_path,
-    )
+    url = f"tcp://127.0.0.1:{free_tcp_port()}"
+    p = procs.start(
+        "run", f"synthetic://?size=160x120&fps={FPS:g}", "--model", a, "--threads", "1",
+        "--no-progress", "--control", url, "--stats-json", "stats.json",
+        "--sink", f"zmq-pub://127.0.0.1:{port}?lossless=on",
+        cwd=tmp_path,
+    )  # fmt: skip
     sub = None
     try:
         # the publisher binds once the stages are up; the lossless subscriber may connect before

@@ -9,43 +9,22 @@ paced near the machine's limit the backlog took several frames to drain: it was 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests import procs
+from tests.procs import frames_in
+
 pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.skipif(shutil.which("ffprobe") is None, reason="ffprobe not installed"),
 ]
 
 
-def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run(
-        [sys.executable, "-m", "stream", "run", *args, "--no-progress"],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=100,
-    )
-
-
-def frames_in(path: Path) -> int:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-select_streams", "v:0"]
-        + ["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 0, f"{path} is not a playable video: {out.stderr}"
-    return int(out.stdout.strip())
+def run(args: list[str], cwd: Path):
+    return procs.run("run", *args, "--no-progress", cwd=cwd, timeout=100)
 
 
 def test_live_source_waits_for_the_primed_overlay(tmp_path: Path, onnx_model: Path) -> None:

@@ -7,9 +7,7 @@ colour + depth."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -17,6 +15,7 @@ import numpy as np
 import onnx
 import pytest
 
+from tests import procs
 from tests.unit.test_rgbd_inputs import SIZE, experiment, legacy_onnx, train_few_steps
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,14 +23,7 @@ pytest.importorskip("torch")
 
 
 def segstream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    return procs.run(*args, timeout=timeout, env=procs.env(OMP_NUM_THREADS="1"))
 
 
 @pytest.fixture(scope="module")

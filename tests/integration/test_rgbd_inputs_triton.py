@@ -4,8 +4,6 @@ and through system shared memory, and gets the masks ONNX Runtime gives locally.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.integration.test_triton import SERVE, SERVER_PY, free_port
+from stream.transport import free_tcp_port
+from tests.integration.test_triton import SERVE, SERVER_PY
+from tests.procs import kill_group
 from tests.unit.test_rgbd_inputs import SIZE, experiment, train_few_steps
 
 pytest.importorskip("torch")
@@ -39,7 +39,7 @@ def model(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def served(model: Path, tmp_path_factory: pytest.TempPathFactory):
     if not SERVER_PY.exists():
         pytest.skip(f"{SERVER_PY} is absent: run tools/install-dev.sh (it makes the PyTriton environment)")
-    ports = [free_port() for _ in range(3)]
+    ports = [free_tcp_port() for _ in range(3)]
     log = tmp_path_factory.mktemp("triton") / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -55,16 +55,7 @@ def served(model: Path, tmp_path_factory: pytest.TempPathFactory):
             time.sleep(0.2)
         yield f"triton://127.0.0.1:{ports[0]}/rgbd"
     finally:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        kill_group(proc)
 
 
 @pytest.mark.parametrize("shm", ["on", "off"])

@@ -6,28 +6,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from tests import procs
+
 REPO = Path(__file__).resolve().parents[2]
 torch = pytest.importorskip("torch")
 
 
 def segstream(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "stream", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )
+    return procs.run(*args, timeout=timeout, env=procs.env(OMP_NUM_THREADS="1"))
 
 
 @pytest.fixture(scope="module")

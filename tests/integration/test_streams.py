@@ -21,18 +21,11 @@ import numpy as np
 import pytest
 
 from tests.procs import (
-    env,  # noqa: F401 - re-exported for test_model_swap.py (see segstream below)
     frames_in,
     start,
 )
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def segstream(args: list[str], cwd: Path, **kw) -> subprocess.Popen:
-    """tests.procs.start taking a list: test_model_swap.py imports this (and env) from here; drop both once
-    it imports tests.procs itself."""
-    return start(*args, cwd=cwd, **kw)
 
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg/ffprobe not installed")

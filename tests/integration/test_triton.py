@@ -19,8 +19,6 @@ import pytest
 from stream.transport import free_tcp_port
 from tests.procs import REPO, kill_group, run
 
-free_port = free_tcp_port  # test_rgbd_inputs_triton.py imports it from here
-
 pytest.importorskip(
     "tritonclient.grpc", reason="tritonclient is not installed (pip install 'segstream[triton]')"
 )

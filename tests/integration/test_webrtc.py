@@ -11,29 +11,16 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from stream.sinks.http_view import HttpViewSink
 
-from .mask_helpers import REPO, Feeder, real_samples, stream_info
+from .mask_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, Feeder, needs_chromium, real_samples, stream_info
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--autoplay-policy=no-user-gesture-required",
-]
+ARGS = [*CHROMIUM_ARGS, "--autoplay-policy=no-user-gesture-required"]
 pytest.importorskip("aiortc", reason="aiortc is in the webrtc and dev extras")
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="Debian chromium not installed (CI: apt-get install chromium)"
-)
+pytestmark = needs_chromium
 
 
 @pytest.fixture
