@@ -20,17 +20,7 @@ import numpy as np
 
 from stream.sources.base import SourceError
 from stream.sources.depth import DepthFrame, DepthInfo, DepthSource
-
-
-def square_at(index: int, w: int, h: int) -> tuple[int, int, int]:
-    """(x, y, side) of the bouncing square in colour frame ``index``: SyntheticSource.render's geometry."""
-    side = max(8, min(w, h) // 6)
-    period_x, period_y = 2 * (w - side), 2 * (h - side)
-    x = (index * 7) % period_x
-    y = (index * 5) % period_y
-    x = x if x < w - side else period_x - x
-    y = y if y < h - side else period_y - y
-    return x, y, side
+from stream.sources.synthetic import square_at
 
 
 class SyntheticDepth(DepthSource):

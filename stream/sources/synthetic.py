@@ -16,6 +16,17 @@ import numpy as np
 from stream.sources.base import Frame, ReadStatus, Source, SourceError, SourceInfo, SourceStats
 
 
+def square_at(index: int, w: int, h: int) -> tuple[int, int, int]:
+    """(x, y, side) of the bouncing square in frame ``index`` (the synthetic depth source's box too)."""
+    side = max(8, min(w, h) // 6)
+    period_x, period_y = 2 * (w - side), 2 * (h - side)
+    x = (index * 7) % period_x
+    y = (index * 5) % period_y
+    x = x if x < w - side else period_x - x
+    y = y if y < h - side else period_y - y
+    return x, y, side
+
+
 class SyntheticSource(Source):
     def __init__(
         self,
@@ -68,12 +79,7 @@ class SyntheticSource(Source):
         w, h = self.size
         shift = (index * 4) % w
         img = np.ascontiguousarray(self._background[:, shift : shift + w])
-        side = max(8, min(w, h) // 6)
-        period_x, period_y = 2 * (w - side), 2 * (h - side)
-        x = (index * 7) % period_x
-        y = (index * 5) % period_y
-        x = x if x < w - side else period_x - x
-        y = y if y < h - side else period_y - y
+        x, y, side = square_at(index, w, h)
         cv2.rectangle(img, (x, y), (x + side - 1, y + side - 1), (255, 255, 255), thickness=-1)
         scale = max(0.4, h / 480)
         cv2.putText(img, f"{index:06d}", (8, int(28 * scale)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2)

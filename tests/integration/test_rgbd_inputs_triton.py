@@ -4,17 +4,13 @@ and through system shared memory, and gets the masks ONNX Runtime gives locally.
 
 from __future__ import annotations
 
-import subprocess
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from stream.transport import free_tcp_port
-from tests.integration.test_triton import SERVE, SERVER_PY
-from tests.procs import kill_group
+from tests.integration.test_triton import pytriton_server
 from tests.unit.test_rgbd_inputs import SIZE, experiment, train_few_steps
 
 pytest.importorskip("torch")
@@ -37,25 +33,8 @@ def model(scenes: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(model: Path, tmp_path_factory: pytest.TempPathFactory):
-    if not SERVER_PY.exists():
-        pytest.skip(f"{SERVER_PY} is absent: run tools/install-dev.sh (it makes the PyTriton environment)")
-    ports = [free_tcp_port() for _ in range(3)]
-    log = tmp_path_factory.mktemp("triton") / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(SERVER_PY), str(SERVE), str(model), "--grpc-port", str(ports[0]), "--http-port",
-             str(ports[1]), "--metrics-port", str(ports[2]), "--name", "rgbd"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while b"READY" not in log.read_bytes():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"PyTriton server did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
-        yield f"triton://127.0.0.1:{ports[0]}/rgbd"
-    finally:
-        kill_group(proc)
+    with pytriton_server(model, tmp_path_factory.mktemp("triton"), "--name", "rgbd") as port:
+        yield f"triton://127.0.0.1:{port}/rgbd"
 
 
 @pytest.mark.parametrize("shm", ["on", "off"])

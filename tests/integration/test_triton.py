@@ -7,6 +7,7 @@ needs numpy < 2, which the project's environment (opencv-python 5) cannot have.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -28,16 +29,17 @@ SERVE = REPO / "docs" / "deploy" / "pytriton_serve.py"
 MODEL = REPO / "stream" / "assets" / "default.onnx"
 
 
-@pytest.fixture(scope="module")
-def triton_server(tmp_path_factory):
+@contextlib.contextmanager
+def pytriton_server(model: Path, logdir: Path, *extra: str):
+    """A PyTriton server for MODEL on free ports; yields its gRPC port, and ends its whole session after."""
     if not SERVER_PY.exists():
         pytest.skip(f"{SERVER_PY} is absent: run tools/install-dev.sh (it makes the PyTriton environment)")
     ports = [free_tcp_port() for _ in range(3)]
-    log = tmp_path_factory.mktemp("triton") / "server.log"
+    log = logdir / "server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [str(SERVER_PY), str(SERVE), str(MODEL), "--grpc-port", str(ports[0]), "--http-port",
-             str(ports[1]), "--metrics-port", str(ports[2])],
+            [str(SERVER_PY), str(SERVE), str(model), "--grpc-port", str(ports[0]), "--http-port",
+             str(ports[1]), "--metrics-port", str(ports[2]), *extra],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
@@ -46,10 +48,16 @@ def triton_server(tmp_path_factory):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"PyTriton server did not start:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
-        yield f"triton://127.0.0.1:{ports[0]}/segstream"
+        yield ports[0]
     finally:
         # the server starts tritonserver and a model proxy: the whole session it leads goes
         kill_group(proc, term_wait=20, kill_wait=5)
+
+
+@pytest.fixture(scope="module")
+def triton_server(tmp_path_factory):
+    with pytriton_server(MODEL, tmp_path_factory.mktemp("triton")) as port:
+        yield f"triton://127.0.0.1:{port}/segstream"
 
 
 def masks(folder: Path) -> dict[str, np.ndarray]:
