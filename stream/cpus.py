@@ -124,14 +124,11 @@ def keep_freed_memory(mmap_threshold: int = 64 << 20, trim_threshold: int = 256 
     no-op elsewhere); returns whether it applied.
     """
     import ctypes
-    import ctypes.util
 
-    name = ctypes.util.find_library("c")
-    if not name:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # the process's own symbols, libc's among them: find_library("c") would run ldconfig in a child
+        # process of every stage at start-up
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # musl, macOS: no mallopt
         return False
     ok = mallopt(_M_MMAP_THRESHOLD, mmap_threshold)
