@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from engines.errors import SegstreamError
@@ -156,6 +155,8 @@ class Stitcher:
         self.added = 0
 
     def add(self, index: int, ids: np.ndarray, confidence: np.ndarray | None) -> None:
+        import cv2  # lazily: run-config validation imports this module, and needs no OpenCV
+
         y, x = self.grid.origins[index]
         th, tw = self.grid.tile
         if ids.shape != (th, tw):
@@ -197,6 +198,8 @@ class Stitcher:
 def work_image(frame: np.ndarray, tile_hw: tuple[int, int], scale: float) -> np.ndarray:
     """The frame at the scale tiles are cut from: ``scale`` times its size, but never smaller than one
     tile (a frame that small is resized up to cover it: one tile is then plain scaled inference)."""
+    import cv2  # lazily: run-config validation imports this module, and needs no OpenCV
+
     h, w = frame.shape[:2]
     th, tw = tile_hw
     s = max(float(scale), th / h, tw / w)
@@ -209,6 +212,8 @@ def work_image(frame: np.ndarray, tile_hw: tuple[int, int], scale: float) -> np.
 
 def to_size(ids: np.ndarray, conf: np.ndarray, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Masks back to the frame's size: nearest for class ids (never invent a class), linear for confidence."""
+    import cv2  # lazily: run-config validation imports this module, and needs no OpenCV
+
     if ids.shape[:2] == tuple(hw):
         return ids, conf
     size = (int(hw[1]), int(hw[0]))

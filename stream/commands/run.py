@@ -279,10 +279,13 @@ def config_from_args(args: argparse.Namespace):
 
 def check_depth(cfg, model: dict) -> None:
     """An RGB-D model needs --depth, and --depth needs an RGB-D model: one line, before any stage starts."""
-    from engines.depth import require_depth
     from engines.meta import ModelMeta
 
-    require_depth(ModelMeta.from_json(model["meta"]), cfg.depth is not None, "give --depth DEPTH_DIR")
+    meta = ModelMeta.from_json(model["meta"])
+    if "depth" in meta.extra or cfg.depth is not None:  # engines.depth imports OpenCV: only when it matters
+        from engines.depth import require_depth
+
+        require_depth(meta, cfg.depth is not None, "give --depth DEPTH_DIR")
     if cfg.wants_depth() and cfg.depth is None:
         from stream.config import ConfigError
 
@@ -342,10 +345,18 @@ class Progress:
     """A rich progress bar with ETA for files, a status line for live sources."""
 
     def __init__(self, enabled: bool) -> None:
-        from rich.console import Console
+        import os
 
-        self.console = Console(stderr=True)
-        self.enabled = enabled and self.console.is_terminal
+        self.console = None
+        self.enabled = False
+        # rich only for a terminal (or one rich is told to assume): importing it is start-up time
+        if enabled and (
+            sys.stderr.isatty() or os.environ.get("FORCE_TERMINAL") or os.environ.get("TTY_COMPATIBLE")
+        ):
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+            self.enabled = self.console.is_terminal
         self.bar = None
         self.task = None
 
