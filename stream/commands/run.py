@@ -280,9 +280,10 @@ def config_from_args(args: argparse.Namespace):
 def check_depth(cfg, model: dict) -> None:
     """An RGB-D model needs --depth, and --depth needs an RGB-D model: one line, before any stage starts."""
     from engines.meta import ModelMeta
+    from engines.runtime.inputs import is_rgbd
 
     meta = ModelMeta.from_json(model["meta"])
-    if "depth" in meta.extra or cfg.depth is not None:  # engines.depth imports OpenCV: only when it matters
+    if is_rgbd(meta) or cfg.depth is not None:  # engines.depth imports OpenCV: only when it matters
         from engines.depth import require_depth
 
         require_depth(meta, cfg.depth is not None, "give --depth DEPTH_DIR")

@@ -122,7 +122,9 @@ class PreprocessStage(Stage):
 
         w, h = self.meta.input_size
         blank = np.zeros((h * 3 // 2, w * 3 // 2, 3), np.uint8)
-        if "depth" in self.meta.extra:  # RGB-D: colour + depth (engines.depth)
+        from engines.runtime.inputs import is_rgbd
+
+        if is_rgbd(self.meta):  # RGB-D: colour + depth (engines.depth)
             prepare_rgbd_packed(blank, np.zeros(blank.shape[:2], np.uint16), self.meta)
             return
         prepare_batch([blank], self.meta, uint8=self.uint8)
@@ -305,10 +307,11 @@ class PreprocessStage(Stage):
         frame size once, so its first frame finds both ready."""
         import numpy as np
 
+        from engines.runtime.inputs import is_rgbd
         from engines.runtime.preprocess import prepare_batch
 
         self.ring_for(hdr)  # HeaderError / ShmError: counted as malformed by take(), like a frame's
-        if len(hdr.shape) == 3 and self.cfg.infer_mode == "scaled" and "depth" not in self.meta.extra:
+        if len(hdr.shape) == 3 and self.cfg.infer_mode == "scaled" and not is_rgbd(self.meta):
             prepare_batch([np.zeros(hdr.shape, np.uint8)], self.meta, uint8=self.uint8)
 
     def malformed(self, why: str) -> None:
