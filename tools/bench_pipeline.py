@@ -381,6 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     except OSError:
         load = float("nan")
     print(f"model {args.model}; load average at start {load:.2f}")
+    # an installed package has its bytecode (pip compiles it); a source tree under
+    # PYTHONDONTWRITEBYTECODE=1 would compile ~60 modules in every process (0.1-0.3 s of each start-up)
+    import compileall
+
+    for pkg in ("stream", "engines"):
+        compileall.compile_dir(str(REPO / pkg), quiet=1)
     results = []
     with tempfile.TemporaryDirectory(prefix="segstream-bench-") as tmp:
         for i, clip in enumerate(clips):

@@ -11,6 +11,9 @@ import onnxruntime as ort
 from engines.meta import META_KEY, MetadataError, ModelMeta
 from engines.runtime.base import BackendUnavailable, ModelFileError, Runtime, ShapeError
 from engines.runtime.contract import (
+    CONFIDENCE,
+    IDS,
+    GraphSummary,
     check_classes,
     check_io,
     check_prediction,
@@ -20,6 +23,7 @@ from engines.runtime.contract import (
     read_graph,
 )
 from engines.runtime.inputs import IMAGE, Batch, as_inputs, feed, layout, zeros
+from engines.runtime.prune import keep_outputs
 
 INPUT_NAME = "images"
 
@@ -74,9 +78,17 @@ class OrtRuntime(Runtime):
             so.inter_op_num_threads = 1
         if spin is not None:
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self._options = so  # the uncertainty path's second session (``logits``) reuses them
+        self._options = so  # the sessions built later (``confidence``, ``logits``) reuse them
+        self._full_session: ort.InferenceSession | None = None
+        # ONNX Runtime runs every node whatever outputs are asked for: the default session runs the
+        # graph without what only 'confidence' needs (engines.runtime.prune: 2.5 ms of the default
+        # model's 12 ms per frame); a frame that asks for confidence gets the whole graph
+        ids_only = keep_outputs(self.path.read_bytes(), (IDS,))
+        self.session = self._ids_only_session(ids_only, providers) if ids_only else None
+        self._pruned = self.session is not None
         try:
-            self.session = ort.InferenceSession(str(self.path), so, providers=providers)
+            if self.session is None:
+                self.session = ort.InferenceSession(str(self.path), so, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises Fail/InvalidProtobuf/... for bad files
             what = describe_file(self.path)
             if what is not None:  # a JPEG, an empty file, a checkpoint: say so rather than ORT's jargon
@@ -92,6 +104,8 @@ class OrtRuntime(Runtime):
         self.meta = self._read_meta()
         ins = [ort_spec(i) for i in self.session.get_inputs()]
         outs = [ort_spec(o) for o in self.session.get_outputs()]
+        if self._pruned:  # what the whole graph declares besides 'ids' is checked too
+            outs += [t for t in self._graph().outputs if t.name != IDS]
         # what the graph takes: 'images', or an RGB-D model's 'image' + 'depth' (engines.runtime.inputs)
         self.input_names = [i.name for i in ins]
         first = next((i for i in ins if i.name in (INPUT_NAME, IMAGE)), None)
@@ -115,10 +129,39 @@ class OrtRuntime(Runtime):
         self.providers = self.session.get_providers()
         self._smoke_test()
 
+    def _graph(self) -> GraphSummary:
+        """The file's graph as the quick protobuf walk reads it (once: two checks use it)."""
+        if getattr(self, "_summary", None) is None:
+            self._summary = read_graph(self.path)
+        return self._summary
+
+    def _ids_only_session(self, data: bytes, providers: list[str]) -> ort.InferenceSession | None:
+        """A session on the pruned graph, or None when ONNX Runtime refuses it: the file is then loaded
+        as it is, which reports what is wrong with it (a cut this module made must never be the error)."""
+        try:
+            return ort.InferenceSession(data, self._options, providers=providers)
+        except Exception:  # noqa: BLE001 - any refusal: fall back to the file itself
+            return None
+
+    def _full(self) -> ort.InferenceSession:
+        """The whole graph (ids and confidence), built on the first frame that asks for confidence (the
+        infer stage asks when a stream is primed, before its first frame) and checked like the first."""
+        if self._full_session is None:
+            if not self._pruned:
+                self._full_session = self.session  # it is the whole graph
+            else:
+                self._full_session = ort.InferenceSession(
+                    str(self.path), self._options, providers=self.providers
+                )
+                n, x = self._feed(zeros(self.meta))
+                ids, conf = self._full_session.run([IDS, CONFIDENCE], x)
+                check_prediction(self.path, self.meta, 1, ids[:n], conf[:n])
+        return self._full_session
+
     def _class_count(self) -> int | None:
         """Classes the graph's ArgMax picks among: the quick protobuf walk, else shape inference."""
         try:
-            count = read_graph(self.path).class_count()
+            count = self._graph().class_count()
         except ModelFileError:  # ONNX Runtime loaded it, so our reader is the one at fault: look closer
             count = None
         return count if count is not None else inferred_class_count(self.path, self.meta)
@@ -128,7 +171,8 @@ class OrtRuntime(Runtime):
         shapes can be missing or wrong), so a bad model fails here, before any frame is read."""
         w, h = self.meta.input_size
         try:
-            ids, conf = self.run(zeros(self.meta), confidence=self.has_confidence)
+            ids, conf = self.run(zeros(self.meta))
+            self.blank_runs = 1  # a warm-up too: the infer stage counts it (stream.stages.infer)
         except ModelFileError:
             raise
         except Exception as e:  # noqa: BLE001 - ORT raises Fail/RuntimeException/... for broken graphs
@@ -196,7 +240,7 @@ class OrtRuntime(Runtime):
     def run(self, batch: Batch, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         if confidence and not self.has_confidence:
             raise ModelFileError(f"{self.path}: the model has no 'confidence' output")
-        names = ["ids", "confidence"] if confidence else ["ids"]
+        names = [IDS, CONFIDENCE] if confidence else [IDS]
         n, x = self._feed(batch)
-        out = self.session.run(names, x)
+        out = (self._full() if confidence else self.session).run(names, x)
         return out[0][:n], (out[1][:n] if confidence else None)

@@ -225,10 +225,11 @@ class TorchRuntime(Runtime):
 
     def run(self, batch: Batch, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         with torch.inference_mode():
-            ids, conf = logits_to_outputs(self._logits(batch))
-            ids_np = ids.cpu().numpy()
-            conf_np = conf.cpu().numpy() if confidence else None
-        return ids_np, conf_np
+            logits = self._logits(batch)
+            if not confidence:  # the softmax behind confidence costs a full-size exp: only when asked
+                return logits.max(dim=1).indices.to(torch.uint8).cpu().numpy(), None
+            ids, conf = logits_to_outputs(logits)
+            return ids.cpu().numpy(), conf.cpu().numpy()
 
     def logits(self, batch: Batch) -> np.ndarray:
         with torch.inference_mode():

@@ -69,6 +69,9 @@ class SyntheticSource(Source):
         self._background = (row[None, :, :].astype(np.float32) * shade).astype(np.uint8)
         self._t0 = 0.0  # the clock starts at the first read, so slow set-up downstream is no drop
         self._next = 0
+        # the first render sets up OpenCV's text drawing (18 ms at 480x360): done here, or frame 0 comes
+        # out late on its own clock and frame 1, already due, right behind it (a burst the pipeline queues)
+        self.render(0)
         return SourceInfo(
             uri=self.uri, width=w, height=h, fps=self.fps, live=self.live, total_frames=self.frames or None
         )

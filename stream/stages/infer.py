@@ -76,25 +76,40 @@ class InferStage(Stage):
     def warm_up(self) -> None:
         """Run the model once per batch size we will use before saying we are ready: the first
         calls allocate, JIT and autotune (about 2 s on CUDA), and that must not land on frames."""
-        from engines.runtime.inputs import is_rgbd
 
-        h, w = self.runtime.input_hw()
-        rgbd = is_rgbd(self.runtime.meta)  # colour + a depth image per frame (engines.runtime.inputs)
-        blank = np.zeros((h, w, 3 if rgbd else self.runtime.meta.channels), np.uint8)
-        depth = np.zeros((h, w), np.uint16) if rgbd else None
         # on the CPU a batch-1 call is all the warming there is (allocations); a max-batch warm-up there
         # costs 8-16 frames of inference (0.3-0.5 s on 2 cores) of start-up for nothing. A session with a
         # thread pool needs three: measured on 2 cores, after one blank call the first real frames took
         # 14-17 ms against 8 ms steady (a live run's p99 was its first frames), after three 8 ms at once
         if self.runtime.device == "cpu":
-            sizes, rounds = {1}, (1 if self.cfg.threads == 1 else 3)
+            # the runtime's own blank test call at load (ONNX Runtime's) counts as the first
+            done = int(getattr(self.runtime, "blank_runs", 0))
+            sizes, rounds = {1}, max(0, (1 if self.cfg.threads == 1 else 3) - done)
         else:
             sizes, rounds = {1, self.max_batch}, 2
         for n in sorted(sizes):
             for _ in range(rounds):
-                self.runtime.run(
-                    self.runtime.prepare([blank] * n, depth=None if depth is None else [depth] * n)
-                )
+                self.runtime.run(self.blank_batch(n))
+
+    def blank_batch(self, n: int):
+        """A prepared batch of ``n`` black frames (and depth images, for an RGB-D model)."""
+        from engines.runtime.inputs import is_rgbd
+
+        h, w = self.runtime.input_hw()
+        rgbd = is_rgbd(self.runtime.meta)  # colour + a depth image per frame (engines.runtime.inputs)
+        blank = np.zeros((h, w, 3 if rgbd else self.runtime.meta.channels), np.uint8)
+        depth = [np.zeros((h, w), np.uint16)] * n if rgbd else None
+        return self.runtime.prepare([blank] * n, depth=depth)
+
+    def prime(self, hdr: H.FrameHeader) -> None:
+        """A stream's frames are coming (stream.headers.PRIME). If they will ask for confidence (a sink
+        reads it, or tiles blend by it), have the runtime build its whole-graph session now: the ONNX
+        Runtime backend runs the graph without confidence until a frame asks (engines.runtime.prune),
+        and building a session on a frame would hold that frame 50-150 ms."""
+        wants = "confidence" in hdr.want or hdr.tiles is not None
+        if wants and getattr(self.runtime, "has_confidence", False):
+            for _ in range(1 if self.runtime.device != "cpu" or self.cfg.threads == 1 else 3):
+                self.runtime.run(self.blank_batch(1), confidence=True)
 
     def heartbeat_extra(self):
         extra = {"batches": getattr(self, "batches", 0), "max_batch": getattr(self, "max_batch", 0)}
@@ -125,6 +140,8 @@ class InferStage(Stage):
                 continue
             hdr, arrays = item
             if hdr.kind != H.FRAME:
+                if hdr.kind == H.PRIME:
+                    self.prime(hdr)
                 self.emit(hdr, H.encode(hdr, {k: v for k, v in arrays.items() if k == "frame"}))
                 continue
             try:

@@ -260,6 +260,8 @@ class PreprocessStage(Stage):
             if hdr.kind != H.FRAME:
                 if hdr.kind == H.PRIME:
                     self.prime(hdr)
+                    if self.cfg.infer_mode == "tiled":  # infer then readies what tiles need
+                        hdr.tiles = self.cfg.tile_overlap
                 self.enqueue(hdr.stream, H.encode(hdr))
                 return
             ring = self.ring_for(hdr)
