@@ -1,3 +1,3 @@
-from stream.cli import main
+from stream.cli import entry
 
-raise SystemExit(main())
+entry()

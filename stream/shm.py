@@ -85,10 +85,13 @@ def _shm_open(name: str, create: bool, size: int = 0) -> mmap.mmap:
             os.ftruncate(fd, size)
         else:
             size = os.fstat(fd).st_size
-        # MAP_POPULATE: map every page now, at start-up, rather than fault them in one by one on the first
-        # frames through each slot (measured: the first frames of a live run took 7-9 ms in preprocess
-        # against 2.5 ms steady, and ran late through every later stage)
-        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+        # MAP_POPULATE: a stage maps every page when it attaches, at start-up, rather than fault them in
+        # one by one on the first frames through each slot (measured: the first frames of a live run took
+        # 7-9 ms in preprocess against 2.5 ms steady, and ran late through every later stage). Not the
+        # creator: the supervisor would zero the ring's pages (18 ms for a 960x540 ring) before it starts
+        # any stage, where the first stage to attach does it while the model loads
+        populate = 0 if create else getattr(mmap, "MAP_POPULATE", 0)
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED | populate)
     except OSError as e:
         if create:
             unlink(name)
