@@ -4,9 +4,11 @@
 #
 #   bash tools/gpu_check.sh [MODEL.pt]        # results under $OUT (default: ./gpu-results)
 #
-# Writes 3 files: runtimes_pytest.txt (tests/gpu), runtimes_bench.txt (doctor + bench table),
-# runtimes_bench.json. Without MODEL.pt the tests use CamVid beside the repo (or random weights)
-# and the bench a random-weight fastscnn (timings do not depend on the weights).
+# Writes runtimes_gpu.txt (tests/gpu, doctor, bench table), runtimes_bench.json,
+# runtimes_graphs_<gpu>.txt (torch CUDA eager vs CUDA graphs, FP32/FP16, batch 1 and 4 at 480x360) and,
+# with pyzmq/PyAV, the pipeline files: 8 in all, the most a device run brings back. Without MODEL.pt the
+# tests use CamVid beside the repo (or random weights) and the benches a random-weight fastscnn (timings
+# do not depend on the weights).
 # Exit status: non-zero when the GPU tests fail; the bench still runs.
 set -u
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,7 +25,7 @@ if [ -n "$MODEL" ]; then
 fi
 
 echo "== gpu tests (tests/gpu)"
-timeout 600 "$PY" -m pytest tests/gpu -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/runtimes_pytest.txt"
+timeout 600 "$PY" -m pytest tests/gpu -q -rs -p no:cacheprovider 2>&1 | tee "$OUT/runtimes_gpu.txt"
 tests_rc=${PIPESTATUS[0]}
 
 echo "== doctor + inference bench (torch CUDA fp32/fp16, ONNX Runtime, TensorRT where installed)"
@@ -39,7 +41,15 @@ for c, ok, d in collect():
   echo "-- CPU baseline on this machine (ONNX Runtime vs eager PyTorch, batch 1)"
   COLUMNS=140 timeout 300 "$PY" tools/bench_infer.py "${model_args[@]}" --device cpu \
     --backends onnxruntime,torch --precisions fp32 --batches 1 --sizes 480x360,1280x720 --iters 20
-} 2>&1 | tee "$OUT/runtimes_bench.txt"
+} 2>&1 | tee -a "$OUT/runtimes_gpu.txt"
+
+# CUDA graphs vs eager (engines/runtime/torch.py): the launch-bound batch-1 case of issue 11 (target:
+# batch 1 at 480x360 <= 1.5 ms). Under a minute by its limits (3 s a case, 8 cases); not yet run.
+gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)"
+gpu="$(printf '%s' "${gpu:-unknown-gpu}" | tr '[:upper:]' '[:lower:]' | tr -cs 'a-z0-9' '-' | sed 's/-*$//')"
+echo "== torch CUDA: eager vs CUDA graphs (fp32, fp16; batch 1, 4; 480x360)"
+COLUMNS=140 timeout 300 "$PY" tools/bench_infer.py "${model_args[@]}" --graphs --precisions fp32,fp16 \
+  --batches 1,4 --sizes 480x360 --iters 300 2>&1 | tee "$OUT/runtimes_graphs_${gpu}.txt"
 
 # The pipeline on that machine: needs pyzmq and PyAV, which its image lacks. Carry their wheels (cp312,
 # manylinux x86_64) in .whl/ and they are installed into /tmp/site first.
