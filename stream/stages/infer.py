@@ -86,7 +86,10 @@ class InferStage(Stage):
             done = int(getattr(self.runtime, "blank_runs", 0))
             sizes, rounds = {1}, max(0, (1 if self.cfg.threads == 1 else 3) - done)
         else:
-            sizes, rounds = {1, self.max_batch}, 2
+            # every power of two up to the max: a CUDA-graph runtime captures one graph per such bucket
+            # (engines.runtime.torch), which must not happen on a frame
+            sizes = {1 << k for k in range(self.max_batch.bit_length()) if 1 << k <= self.max_batch}
+            sizes, rounds = sizes | {self.max_batch}, 2
         for n in sorted(sizes):
             for _ in range(rounds):
                 self.runtime.run(self.blank_batch(n))
