@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from engines.meta import META_KEY, MetadataError, ModelMeta
+from engines.runtime import head
 from engines.runtime.base import BackendUnavailable, ModelFileError, Runtime, ShapeError
 from engines.runtime.contract import (
     CONFIDENCE,
@@ -80,11 +81,20 @@ class OrtRuntime(Runtime):
             so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self._options = so  # the sessions built later (``confidence``, ``logits``) reuse them
         self._full_session: ort.InferenceSession | None = None
-        # ONNX Runtime runs every node whatever outputs are asked for: the default session runs the
-        # graph without what only 'confidence' needs (engines.runtime.prune: 2.5 ms of the default
-        # model's 12 ms per frame); a frame that asks for confidence gets the whole graph
-        ids_only = keep_outputs(self.path.read_bytes(), (IDS,))
-        self.session = self._ids_only_session(ids_only, providers) if ids_only else None
+        # ONNX Runtime runs every node whatever outputs are asked for: the frame session runs the graph
+        # without what only 'confidence' needs (engines.runtime.prune: 2.5 ms of the default model's
+        # 12 ms per frame), and on the CPU without its argmax head either, which OpenCV does in a
+        # quarter of the time (engines.runtime.head); a frame that asks for confidence gets the whole
+        # graph
+        data = self.path.read_bytes()
+        self._head = head.find(data) if providers[0] == "CPUExecutionProvider" else None
+        cut = keep_outputs(data, (self._head.logits, self._head.sizes)) if self._head else None
+        if cut is None:
+            self._head = None
+            cut = keep_outputs(data, (IDS,))
+        self.session = self._frame_session(cut, providers) if cut else None
+        if self.session is None:
+            self._head = None
         self._pruned = self.session is not None
         try:
             if self.session is None:
@@ -103,9 +113,8 @@ class OrtRuntime(Runtime):
         self.device = "cuda" if self.session.get_providers()[0] != "CPUExecutionProvider" else "cpu"
         self.meta = self._read_meta()
         ins = [ort_spec(i) for i in self.session.get_inputs()]
-        outs = [ort_spec(o) for o in self.session.get_outputs()]
-        if self._pruned:  # what the whole graph declares besides 'ids' is checked too
-            outs += [t for t in self._graph().outputs if t.name != IDS]
+        # a cut session's outputs are not the model's: check what the whole graph declares
+        outs = self._graph().outputs if self._pruned else [ort_spec(o) for o in self.session.get_outputs()]
         # what the graph takes: 'images', or an RGB-D model's 'image' + 'depth' (engines.runtime.inputs)
         self.input_names = [i.name for i in ins]
         first = next((i for i in ins if i.name in (INPUT_NAME, IMAGE)), None)
@@ -135,9 +144,9 @@ class OrtRuntime(Runtime):
             self._summary = read_graph(self.path)
         return self._summary
 
-    def _ids_only_session(self, data: bytes, providers: list[str]) -> ort.InferenceSession | None:
-        """A session on the pruned graph, or None when ONNX Runtime refuses it: the file is then loaded
-        as it is, which reports what is wrong with it (a cut this module made must never be the error)."""
+    def _frame_session(self, data: bytes, providers: list[str]) -> ort.InferenceSession | None:
+        """A session on the cut graph, or None when ONNX Runtime refuses it: the file is then loaded as
+        it is, which reports what is wrong with it (a cut made here must never be the error)."""
         try:
             return ort.InferenceSession(data, self._options, providers=providers)
         except Exception:  # noqa: BLE001 - any refusal: fall back to the file itself
@@ -240,7 +249,13 @@ class OrtRuntime(Runtime):
     def run(self, batch: Batch, confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         if confidence and not self.has_confidence:
             raise ModelFileError(f"{self.path}: the model has no 'confidence' output")
-        names = [IDS, CONFIDENCE] if confidence else [IDS]
         n, x = self._feed(batch)
+        if not confidence and self._head is not None:
+            logits, sizes = self.session.run([self._head.logits, self._head.sizes], x)
+            ids = head.argmax_upsampled(logits, sizes)
+            if ids is None:  # not an upsampling: the graph's own head decides
+                (ids,) = self._full().run([IDS], x)
+            return ids[:n], None
+        names = [IDS, CONFIDENCE] if confidence else [IDS]
         out = (self._full() if confidence else self.session).run(names, x)
         return out[0][:n], (out[1][:n] if confidence else None)

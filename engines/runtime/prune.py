@@ -24,12 +24,14 @@ Span = tuple[int, int]
 
 
 def keep_outputs(data: bytes, keep: Iterable[str]) -> bytes | None:
-    """``data`` (a serialized ONNX model) with only the graph outputs in ``keep`` and what they need;
-    None when there is nothing to drop or the graph cannot be cut safely: a node with a subgraph (If,
-    Loop, Scan: it may read any outer name), weights in an external file (loaded relative to the model's
-    path, which a model handed over as bytes has not), or bytes that do not parse."""
+    """``data`` (a serialized ONNX model) with only the outputs in ``keep`` and what they need. ``keep``
+    names graph outputs, or tensors a node makes (they become outputs, in ``keep``'s order, after the
+    graph's own). None when nothing changes, a name is neither, or the graph cannot be cut safely: a
+    node with a subgraph (If, Loop, Scan: it may read any outer name), weights in an external file
+    (loaded relative to the model's path, which a model handed over as bytes has not), or bytes that
+    do not parse."""
     try:
-        return _keep_outputs(memoryview(data), set(keep))
+        return _keep_outputs(memoryview(data), list(dict.fromkeys(keep)))
     except ValueError:  # not ours to judge: the caller loads the file as it is and reports its errors
         return None
 
@@ -76,7 +78,8 @@ def _varint_bytes(n: int) -> bytes:
             return bytes(out)
 
 
-def _keep_outputs(buf: memoryview, keep: set[str]) -> bytes | None:
+def _keep_outputs(buf: memoryview, wanted: list[str]) -> bytes | None:
+    keep = set(wanted)
     top = list(_spans(buf))
     graphs = [(v, span) for n, w, v, span in top if n == 7 and w == 2]
     if len(graphs) != 1:
@@ -102,9 +105,11 @@ def _keep_outputs(buf: memoryview, keep: set[str]) -> bytes | None:
         elif n == 12:
             names = _strings(buf, v, 1)
             outputs[i] = names[0] if names else ""
-    if not keep or not keep < set(outputs.values()):
-        return None  # nothing to drop, or an output asked for that the graph does not have
     producer = {o: i for i, (_, outs) in nodes.items() for o in outs if o}
+    declared = set(outputs.values())
+    added = [k for k in wanted if k not in declared]
+    if not keep or keep == declared or any(k not in producer for k in added):
+        return None  # nothing changes, or a name the graph neither outputs nor makes
     needed: set[str] = set()
     used: set[int] = set()
     todo = list(keep)
@@ -132,6 +137,10 @@ def _keep_outputs(buf: memoryview, keep: set[str]) -> bytes | None:
                 if name not in needed and (n == 13 or name in inits):
                     continue
         kept.append(buf[first:end])
+    for name in added:  # a ValueInfoProto with its name only: the runtime infers the type
+        raw = name.encode()
+        info = _varint_bytes((1 << 3) | 2) + _varint_bytes(len(raw)) + raw
+        kept.append(memoryview(_varint_bytes((12 << 3) | 2) + _varint_bytes(len(info)) + info))
     parts: list[bytes | memoryview] = []
     for *_, span in top:
         if span == graph_span:
