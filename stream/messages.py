@@ -260,10 +260,10 @@ def encode_mask(
     """The mask payload; ``segments`` are the options of the coco-rle / polygons encodings
     (components, tolerance, fill, skip: see stream.maskcodec.segments.encode)."""
     if encoding in SEGMENT_ENCODINGS:
-        from stream.maskcodec.segments import encode
+        from stream.maskcodec.segments import encode_json
 
-        doc = encode(np.asarray(mask, dtype=np.uint8), encoding, **dict(segments or {}))
-        return json.dumps(doc, separators=(",", ":")).encode()
+        # the document's compact JSON, byte for byte; polygons written without building it
+        return encode_json(np.asarray(mask, dtype=np.uint8), encoding, **dict(segments or {}))
     if encoding == "raw":
         # memoryview: zmq sends it without another copy (send_multipart(copy=False))
         return memoryview(np.ascontiguousarray(mask, dtype=np.uint8)).cast("B")

@@ -1,9 +1,12 @@
 """Encode/decode cost of the coco-rle and polygons mask encodings, ms per frame (median), on real CamVid
 labels resized (nearest) to 480x360 and 1920x1080, beside raw/rle/png and pycocotools' own encoder.
 
-    python tools/bench_maskcodec.py [--frames 8] [--repeat 5] [--clock wall|cpu]
+    python tools/bench_maskcodec.py [--frames 8] [--repeat 5] [--clock wall|cpu] [--no-stage-settings]
+    python tools/bench_maskcodec.py --steps [--clock cpu]   # where a polygons encode's time goes
 
-Reads /work/shared-style data (../shared/data/camvid) when present, else the test fixtures.
+Reads /work/shared-style data (../shared/data/camvid) when present, else the test fixtures. Runs with
+the per-process settings every stage applies (stream.stages.base.tune_process), as the publisher's
+encoders run inside the overlay stage; --no-stage-settings measures a plain Python process.
 """
 
 from __future__ import annotations
@@ -49,18 +52,85 @@ def timed(fn, items, repeat: int) -> float:
     return 1000 * statistics.median(runs)
 
 
+def steps(base: list[np.ndarray], repeat: int) -> None:
+    """The steps of segments.encode_json(mask, "polygons", tolerance=1, skip=(11,)) timed one by one,
+    ms per 480x360 frame (median of ``repeat``), each on the previous step's output. Always wall time:
+    in a tight loop of short OpenCV calls a worker thread spins beside the main one here (not with
+    OPENBLAS_NUM_THREADS=1), and the CPU clock counts both (about 2x for the findContours step)."""
+    from stream.maskcodec import polygons, rle, segments
+
+    global CLOCK
+    CLOCK = time.perf_counter
+
+    masks = [cv2.resize(m, (480, 360), interpolation=cv2.INTER_NEAREST) for m in base]
+
+    def boxes(m: np.ndarray) -> tuple:
+        ids, _, tboxes = rle.class_boxes(*rle.value_runs(m.T), m.shape[1])
+        keep = [k for k, c in enumerate(ids.tolist()) if c != 11]
+        return m, ids[keep].tolist(), tboxes[keep][:, [1, 0, 3, 2]].tolist()
+
+    def trace(item: tuple) -> tuple:
+        m, ids, bxs = item
+        found, hier = [], []
+        for c, (x, y, bw, bh) in zip(ids, bxs, strict=True):
+            f, h = cv2.findContours(
+                np.equal(m[y : y + bh, x : x + bw], c).view(np.uint8),
+                cv2.RETR_CCOMP,
+                cv2.CHAIN_APPROX_NONE,
+                offset=(x, y),
+            )
+            if f:
+                found.extend(f)
+                hier.append(h[0])
+        return found, np.concatenate(hier)[:, 3] != -1
+
+    stages = [
+        ("class areas and boxes (runs)", boxes, masks),
+        ("compare + findContours per class", trace, None),
+        ("chains -> pixel-edge rings", lambda t: polygons._rings(t[0], t[1], 0.0, False)[:2], None),
+        ("simplify (rectangles + approxPolyDP)", lambda r: polygons._simplify(r[0], r[1], 1.0), None),
+        ("ring text", lambda r: polygons._json_rings(r[0], r[1]), None),
+    ]
+    print(f"{'480x360 polygons tolerance 1, step':<42} {'ms':>6}")
+    items = masks
+    total = 0.0
+    for name, fn, given in stages:
+        items = given if given is not None else items
+        ms = timed(fn, items, repeat)
+        total += ms
+        items = [fn(it) for it in items]
+        print(f"{name:<42} {ms:6.3f}")
+    print(f"{'sum of the steps':<42} {total:6.3f}")
+    whole = timed(lambda m: segments.encode_json(m, "polygons", tolerance=1.0, skip=(11,)), masks, repeat)
+    print(f"{'segments.encode_json, whole':<42} {whole:6.3f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--frames", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="what a ms is (default wall)")
+    ap.add_argument(
+        "--no-stage-settings",
+        dest="stage_settings",
+        action="store_false",
+        help="skip the stages' per-process settings (tune_process): a plain Python process",
+    )
+    ap.add_argument("--steps", action="store_true", help="polygons (tolerance 1) step by step, 480x360")
     args = ap.parse_args()
+    if args.stage_settings:
+        from stream.stages.base import tune_process
+
+        tune_process()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     from stream.maskcodec import segments
     from stream.messages import decode_plane, decode_segments, encode_mask
 
     base = labels(args.frames)
+    if args.steps:
+        steps(base, args.repeat)
+        return
     variants = [
         ("raw", {}),
         ("rle", {}),

@@ -3,11 +3,15 @@
   micro     no pipeline: a loop paced at 30 fps does overlay-stage work per frame (colorize + blend)
             and ZmqPubSink.write(); the publisher's CPU per frame (all threads, ZeroMQ I/O included)
             without publishing, and publishing to 0 and to 4 real subscriber processes, per encoding.
+            The loop runs with the per-process settings every stage applies before its first frame
+            (stream.stages.base.tune_process: freed memory kept for reuse, OpenCV's thread count);
+            --no-stage-settings measures a plain Python process instead.
   pipeline  `segstream run CLIP --sink zmq-pub://...` fps with 0 and 4 subscribers (needs --model), and
             the CPU seconds of the whole run (all stage processes): on a busy machine fps is noisy, the
             CPU ratio is what a CPU-bound pipeline's fps ratio would be.
 
     python tools/bench_publish.py micro [--frames 300] [--encodings raw coco-rle polygons]
+                                        [--no-stage-settings]
     python tools/bench_publish.py pipeline --model model.onnx [--frames 200] [--encoding polygons]
 
 Subscribers run on the same host here, so their CPU competes with the pipeline: a pessimistic figure.
@@ -159,12 +163,17 @@ def _sub_cols(reports: list[dict]) -> list[str]:
 
 
 def run_micro(args) -> None:
+    if args.stage_settings:  # cv2 is imported above: tune_process sets its threads only when loaded
+        from stream.stages.base import tune_process
+
+        tune_process()  # the publisher runs inside the overlay stage, which applies these
     console = Console(width=170)
     budget = 2 * 1000.0 / args.pipeline_fps  # CPU ms per frame of a 2-core pipeline at that rate
+    settings = "stage process settings" if args.stage_settings else "no stage process settings"
     table = Table(
-        title=f"publish microbench: {args.frames} frames paced at {args.rate:g} fps; publisher CPU "
-        f"ms per frame (all threads); cost = extra CPU / CPU budget of a {args.pipeline_fps:g} fps "
-        "2-core pipeline"
+        title=f"publish microbench: {args.frames} frames paced at {args.rate:g} fps ({settings}); "
+        f"publisher CPU ms per frame (all threads); cost = extra CPU / CPU budget of a "
+        f"{args.pipeline_fps:g} fps 2-core pipeline"
     )
     for col in (
         "mask",
@@ -327,6 +336,12 @@ def main() -> None:
     )
     encodings = ["raw", "rle", "png", "coco-rle", "polygons"]
     m.add_argument("--encodings", nargs="+", default=["raw", "rle", "png"], choices=encodings)
+    m.add_argument(
+        "--no-stage-settings",
+        dest="stage_settings",
+        action="store_false",
+        help="skip the overlay stage's per-process settings (tune_process): a plain Python process",
+    )
     p = sub.add_parser("pipeline")
     p.add_argument("--model", required=True)
     p.add_argument("--frames", type=int, default=200)

@@ -1,12 +1,16 @@
 """The vectorized mask codecs (stream/maskcodec) against plain references written here, on the real
-CamVid labels of tests/fixtures (upsampled to 480x360, as the publisher benchmark uses them):
+CamVid labels of tests/fixtures (upsampled to 480x360, as the publisher benchmark uses them) and on
+hand-made hard shapes:
 
-* polygons: the one-pass-per-frame encoder (class boxes from one pass over the runs, one 2x upsample
-  per frame, all classes' corners converted at once) gives byte for byte the document of the plain
-  per-class algorithm (whole frame, upsample, trace, convert, simplify ring by ring), at every tolerance;
+* polygons: the encoder (class boxes from one pass over the runs, each class traced once at 1x, the
+  pixel-center chains of all classes turned into pixel-edge rings in one vectorized pass, rectangles
+  simplified in closed form) gives byte for byte the document of the plain per-class algorithm (whole
+  frame, upsample 2x, trace, map border pixels to edges, simplify ring by ring), at every tolerance;
+* ``segments.encode_json`` (the mask stream's payload, written as text) is byte for byte the compact
+  JSON of that document;
 * ``rle.class_boxes`` gives every class's area and bbox as counting pixels does;
-* the encode costs a bounded multiple of the OpenCV work it cannot avoid (CPU time, same process): the
-  old per-class encoder cost 4.4x that here, this one 2.5x.
+* the encoder makes OpenCV trace each class once, in its bounding box, at 1x (before: the 2x
+  upsampled box, 4x the pixels).
 """
 
 from __future__ import annotations
@@ -106,6 +110,9 @@ def test_polygons_are_byte_for_byte_the_plain_algorithm(camvid, tolerance, compo
         ours = segments.encode(lab, "polygons", tolerance=tolerance, components=components, skip=skip)
         ref = _reference_document(lab, tolerance, components, skip)
         assert json.dumps(ours) == json.dumps(ref)
+        # the payload, written without building the document
+        payload = segments.encode_json(lab, "polygons", tolerance=tolerance, components=components, skip=skip)
+        assert payload == json.dumps(ref, separators=(",", ":")).encode()
 
 
 def test_class_boxes_are_what_counting_pixels_gives(camvid):
@@ -135,3 +142,156 @@ def test_binary_polygons_of_a_crop_with_an_offset():
     assert sorted(map(tuple, p.exterior.tolist())) == [(4, 3), (4, 9), (12, 3), (12, 9)]
     assert [sorted(map(tuple, h.tolist())) for h in p.holes] == [[(6, 5), (6, 7), (8, 5), (8, 7)]]
     assert p.area == 6 * 8 - 4 and p.bbox == (4, 3, 8, 6)
+
+
+def _shapes() -> dict[str, np.ndarray]:
+    """Class-id masks with the cases a pixel-edge tracer gets wrong first."""
+    rng = np.random.default_rng(17)
+    out: dict[str, np.ndarray] = {}
+    out["1x1 image"] = np.ones((1, 1), np.uint8)
+    out["one row"] = np.array([[1, 1, 0, 1, 2, 2, 0, 1]], np.uint8)
+    out["one column"] = out["one row"].T.copy()
+    m = np.zeros((7, 9), np.uint8)
+    m[0, 0] = m[3, 4] = m[6, 8] = 1  # single pixels, two in corners of the image
+    m[5, 1] = 2  # a class of one pixel: a 1x1 box (cv2.compare would take that crop for a scalar)
+    out["single pixels"] = m
+    m = np.zeros((9, 11), np.uint8)
+    m[4, :] = 1  # a 1-pixel line across the image
+    m[:, 2] = 2  # another one, crossing it
+    m[0, 5:] = 3  # along the border
+    out["1-pixel lines"] = m
+    out["diagonal"] = np.eye(8, dtype=np.uint8)
+    out["anti-diagonal"] = np.fliplr(np.eye(8, dtype=np.uint8)).copy()
+    m = np.zeros((10, 10), np.uint8)
+    m[[1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]] = 1  # a diagonal chain ...
+    m[3, 1] = m[1, 3] = m[5, 7] = m[7, 5] = 1  # ... with diagonal-only spurs ...
+    m[8, 8] = 1  # ... and a pixel touching it by a corner only
+    out["diagonal joints"] = m
+    out["checkerboard"] = (np.indices((8, 10)).sum(axis=0) % 2).astype(np.uint8)
+    m = np.zeros((8, 8), np.uint8)
+    m[::2, ::2] = 1
+    out["sparse checkerboard"] = m
+    m = np.zeros((23, 23), np.uint8)
+    for k, v in enumerate((1, 0, 1, 0, 1, 0)):  # nested: region, hole, island, hole, island, hole
+        m[2 * k : 23 - 2 * k, 2 * k : 23 - 2 * k] = v
+    m[1, 1] = 0  # a one-pixel hole
+    m[5, 5] = 1  # a one-pixel island in a hole
+    out["holes with islands"] = m
+    m = np.ones((12, 15), np.uint8)
+    m[1:-1, 1:-1] = 2  # a frame touching all four borders around another class
+    m[5:7, 6:9] = 0
+    out["border frame"] = m
+    m = np.zeros((15, 15), np.uint8)
+    y, x, dy, dx, n = 0, 0, 0, 1, 14  # a 1-pixel-wide spiral
+    while n > 0:
+        for _ in range(2):
+            for _ in range(n):
+                m[y, x] = 1
+                y, x = y + dy, x + dx
+            dy, dx = dx, -dy
+            n -= 2
+    out["spiral"] = m
+    for k in range(3):
+        out[f"noise {k}"] = rng.integers(0, 2 + k, (13 + 5 * k, 17 + 3 * k), dtype=np.uint8)
+        f = cv2.GaussianBlur(rng.random((30, 40)).astype(np.float32), (0, 0), 1.0 + k)
+        out[f"blobs {k}"] = np.digitize(f, np.quantile(f, [0.3, 0.6, 0.8])).astype(np.uint8)
+    return out
+
+
+SHAPES = _shapes()
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_hard_shapes_give_the_plain_algorithm_byte_for_byte(name):
+    mask = SHAPES[name]
+    h, w = mask.shape
+    for tolerance in (0.0, 1.0, 2**0.5, 2.5):  # sqrt(2): rectangles at OpenCV's tie
+        for components in (False, True):
+            ours = segments.encode(mask, "polygons", tolerance=tolerance, components=components)
+            ref = _reference_document(mask, tolerance, components, ())
+            assert json.dumps(ours) == json.dumps(ref), (tolerance, components)
+            payload = segments.encode_json(mask, "polygons", tolerance=tolerance, components=components)
+            assert payload == json.dumps(ref, separators=(",", ":")).encode(), (tolerance, components)
+    doc = segments.encode(mask, "polygons", tolerance=0)
+    assert np.array_equal(segments.decode(doc, w, h, "polygons"), mask)
+    for s in segments.encode(mask, "polygons", tolerance=0, components=True)["segments"]:
+        (p,) = s["polygons"]
+        region = polygons.Polygon(
+            np.array(p["exterior"]).reshape(-1, 2), [np.array(r).reshape(-1, 2) for r in p["holes"]]
+        )
+        painted = polygons.rasterize([region], h, w).astype(bool)
+        assert painted.sum() == s["area"] and (mask[painted] == s["category_id"]).all()
+
+
+def test_rectangles_are_simplified_as_opencv_does():
+    # _simplify computes approxPolyDP's result for 4-corner rings; both orientations (an exterior runs
+    # counterclockwise, a hole clockwise), every tolerance regime and the exact ties
+    rings, tols = [], [0.3, 0.5, 1.0, 2**0.5, 1.5, 2.0, 2.5, 5**0.5, 10.0]
+    for w in range(1, 19):
+        for h in range(1, 19):
+            rings += [[(0, 0), (0, h), (w, h), (w, 0)], [(0, 0), (w, 0), (w, h), (0, h)]]
+            tols += [float(np.hypot(w, h)), w * h / float(np.hypot(w, h))]
+    pts = (np.array(rings, np.int32) + [5, 7]).reshape(-1, 2)
+    bounds = np.arange(0, len(pts) + 1, 4)
+    for tol in tols:
+        got, got_bounds = polygons._simplify(pts, bounds, tol)
+        want = [
+            cv2.approxPolyDP(pts[a:b].reshape(-1, 1, 2), tol, True).reshape(-1, 2)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        assert np.array_equal(got, np.concatenate(want)), tol
+        assert np.diff(got_bounds).tolist() == [len(r) for r in want]
+
+
+def test_each_class_is_traced_once_in_its_box_at_1x(camvid, monkeypatch):
+    """What the encoder makes OpenCV trace, counted (the real findContours runs): each class once, its
+    bounding box at 1x. The encoder before traced the 2x upsampled box (4x the pixels), which cost
+    3.9x tracing at 1x on these frames; this one costs 2.2x (CPU time, tools/bench_maskcodec.py)."""
+    real = cv2.findContours
+    traced: list[tuple[int, int]] = []
+
+    def counting(image, *args, **kwargs):
+        traced.append(image.shape)
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(cv2, "findContours", counting)
+    for lab in _labels(camvid)[::3]:
+        traced.clear()
+        doc = segments.encode(lab, "polygons", tolerance=1.0, skip=(11,))
+        boxes = []
+        for c in np.unique(lab).tolist():
+            if c != 11:
+                ys, xs = np.nonzero(lab == c)
+                boxes.append((int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)))
+        assert sorted(traced) == sorted(boxes)
+        assert len(doc["segments"]) == len(boxes)
+
+
+def test_ring_text_is_what_json_writes_at_every_digit_count():
+    values = [0, 9, 10, 99, 100, 999, 1000, 4095, 9999, 10000, 65535, 99999, 100000, 524287]
+    pts = np.array([[v, values[-1 - k]] for k, v in enumerate(values)], np.int32)
+    bounds = np.array([0, 1, 4, 9, len(values)])
+    want = [
+        json.dumps(pts[a:b].reshape(-1).tolist(), separators=(",", ":"))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    assert polygons._json_rings(pts, bounds) == want
+    shifted = pts - 7  # corners of a crop with a negative offset: written plainly, still right
+    want = [
+        json.dumps(shifted[a:b].reshape(-1).tolist(), separators=(",", ":"))
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    assert polygons._json_rings(shifted, bounds) == want
+
+
+@pytest.mark.parametrize("offset", [(3, 2), (-10, -5), (-1, 4)])
+def test_an_offset_moves_the_polygons_and_nothing_else(offset):
+    # negative offsets too: the rings are converted before the offset is added
+    mask = SHAPES["holes with islands"]
+    plain = polygons.binary_polygons(mask, 1.0)
+    moved = polygons.binary_polygons(mask, 1.0, offset=offset)
+    assert len(moved) == len(plain) > 1
+    for p, q in zip(plain, moved, strict=True):
+        assert np.array_equal(p.exterior + offset, q.exterior)
+        assert [(h + offset).tolist() for h in p.holes] == [h.tolist() for h in q.holes]
+        assert q.area == p.area and q.bbox == (p.bbox[0] + offset[0], p.bbox[1] + offset[1], *p.bbox[2:])

@@ -20,6 +20,7 @@ import pytest
 from engines.meta import ClassTable
 from stream.maskcodec import polygons, segments
 from stream.messages import MessageError, decode_mask_message, encode_mask_message
+from tests.unit.test_maskcodec_fast import SHAPES
 
 mask_api = pytest.importorskip("pycocotools.mask", reason="pycocotools is in the dev extra")
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -106,6 +107,26 @@ def test_holes_are_kept_and_islands_in_holes_too():
     assert np.array_equal(polygons.rasterize(polys, 40, 40), m)
     region = _coco_segment({"polygons": [p.to_json() for p in polys]}, 40, 40)
     assert np.array_equal(region, m.astype(bool))
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_hard_shapes_round_trip_through_pycocotools_at_tolerance_zero(name):
+    # 1-pixel lines and spurs, diagonal-only joints, checkerboards, nested holes and islands,
+    # regions on the image border: pycocotools paints every class and every region back exactly
+    lab = SHAPES[name]
+    h, w = lab.shape
+    for components in (False, True):
+        doc = json.loads(json.dumps(segments.encode(lab, "polygons", tolerance=0, components=components)))
+        assert np.array_equal(segments.decode(doc, w, h, "polygons"), lab)
+        for s in doc["segments"]:
+            region = _coco_segment(s, h, w)
+            assert region.sum() == s["area"]
+            ys, xs = np.nonzero(region)
+            assert [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1] == s["bbox"]
+            if components:
+                assert (lab[region] == s["category_id"]).all()
+            else:
+                assert np.array_equal(region, lab == s["category_id"])
 
 
 def test_corners_lie_on_pixel_edges():
