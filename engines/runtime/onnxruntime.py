@@ -93,6 +93,13 @@ class OrtRuntime(Runtime):
             self._head = None
             cut = keep_outputs(data, (IDS,))
         self.session = self._frame_session(cut, providers) if cut else None
+        # float32 logits only: a float16 graph's own Resize rounds in half precision, which the float32
+        # OpenCV head would not reproduce tie for tie
+        logits_type = self.session.get_outputs()[0].type if self._head and self.session else None
+        if logits_type not in (None, "tensor(float)"):
+            self._head = None
+            cut = keep_outputs(data, (IDS,))
+            self.session = self._frame_session(cut, providers) if cut else None
         if self.session is None:
             self._head = None
         self._pruned = self.session is not None

@@ -128,6 +128,25 @@ def test_cli_exports_fastscnn_checkpoint_fp32_and_fp16(
     assert "fp16" in r16.stdout
     assert (tmp_path / "f16.onnx").stat().st_size < 0.6 * out.stat().st_size
 
+    # the CPU runtime cuts the float32 export's argmax head (engines.runtime.head); the float16 export's
+    # head (casts around a half-precision Resize) is not of the form it reproduces and stays in the
+    # graph; both give the graph's own ids
+    import cv2
+    import onnxruntime as ort
+
+    from engines.runtime import load
+
+    frame = cv2.imread(str(sorted((camvid / "val" / "images").glob("*.jpg"))[0]))
+    for path, cut in ((out, True), (tmp_path / "f16.onnx", False)):
+        rt = load(path, device="cpu", threads=1)
+        assert (rt._head is not None) is cut
+        x = rt.prepare([frame])
+        ids, _ = rt.run(x)
+        graph = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (want,) = graph.run(["ids"], {"images": x})
+        assert (ids == want).mean() >= 0.9999
+        rt.close()
+
 
 def test_cli_bad_checkpoint_is_one_line_error(tmp_path: Path) -> None:
     bad = tmp_path / "garbage.pt"
