@@ -86,22 +86,7 @@ class OrtRuntime(Runtime):
         # 12 ms per frame), and on the CPU without its argmax head either, which OpenCV does in a
         # quarter of the time (engines.runtime.head); a frame that asks for confidence gets the whole
         # graph
-        data = self.path.read_bytes()
-        self._head = head.find(data) if providers[0] == "CPUExecutionProvider" else None
-        cut = keep_outputs(data, (self._head.logits, self._head.sizes)) if self._head else None
-        if cut is None:
-            self._head = None
-            cut = keep_outputs(data, (IDS,))
-        self.session = self._frame_session(cut, providers) if cut else None
-        # float32 logits only: a float16 graph's own Resize rounds in half precision, which the float32
-        # OpenCV head would not reproduce tie for tie
-        logits_type = self.session.get_outputs()[0].type if self._head and self.session else None
-        if logits_type not in (None, "tensor(float)"):
-            self._head = None
-            cut = keep_outputs(data, (IDS,))
-            self.session = self._frame_session(cut, providers) if cut else None
-        if self.session is None:
-            self._head = None
+        self.session, self._head = self._frame_graph(self.path.read_bytes(), providers)
         self._pruned = self.session is not None
         try:
             if self.session is None:
@@ -151,6 +136,21 @@ class OrtRuntime(Runtime):
             self._summary = read_graph(self.path)
         return self._summary
 
+    def _frame_graph(
+        self, data: bytes, providers: list[str]
+    ) -> tuple[ort.InferenceSession | None, head.Head | None]:
+        """The session frames run on: the graph cut before its argmax head (CPU, float32 logits: a
+        float16 graph's own Resize rounds in half precision, which the OpenCV head would not reproduce
+        tie for tie), else cut to 'ids', else None (the file is loaded whole)."""
+        found = head.find(data) if providers[0] == "CPUExecutionProvider" else None
+        if found is not None:
+            cut = keep_outputs(data, (found.logits, found.sizes))
+            session = self._frame_session(cut, providers) if cut else None
+            if session is not None and session.get_outputs()[0].type == "tensor(float)":
+                return session, found
+        cut = keep_outputs(data, (IDS,))
+        return (self._frame_session(cut, providers) if cut else None), None
+
     def _frame_session(self, data: bytes, providers: list[str]) -> ort.InferenceSession | None:
         """A session on the cut graph, or None when ONNX Runtime refuses it: the file is then loaded as
         it is, which reports what is wrong with it (a cut made here must never be the error)."""
@@ -160,8 +160,9 @@ class OrtRuntime(Runtime):
             return None
 
     def _full(self) -> ort.InferenceSession:
-        """The whole graph (ids and confidence), built on the first frame that asks for confidence (the
-        infer stage asks when a stream is primed, before its first frame) and checked like the first."""
+        """The whole graph (ids, and confidence when it has it), built on the first frame that asks for
+        confidence (the infer stage asks when a stream is primed, before its first frame) or whose head
+        the frame session cannot reproduce, and checked like the first."""
         if self._full_session is None:
             if not self._pruned:
                 self._full_session = self.session  # it is the whole graph
@@ -170,8 +171,8 @@ class OrtRuntime(Runtime):
                     str(self.path), self._options, providers=self.providers
                 )
                 n, x = self._feed(zeros(self.meta))
-                ids, conf = self._full_session.run([IDS, CONFIDENCE], x)
-                check_prediction(self.path, self.meta, 1, ids[:n], conf[:n])
+                out = self._full_session.run([IDS, CONFIDENCE] if self.has_confidence else [IDS], x)
+                check_prediction(self.path, self.meta, 1, out[0][:n], out[1][:n] if len(out) > 1 else None)
         return self._full_session
 
     def _class_count(self) -> int | None:
@@ -260,9 +261,12 @@ class OrtRuntime(Runtime):
         if not confidence and self._head is not None:
             logits, sizes = self.session.run([self._head.logits, self._head.sizes], x)
             ids = head.argmax_upsampled(logits, sizes)
-            if ids is None:  # not an upsampling: the graph's own head decides
-                (ids,) = self._full().run([IDS], x)
-            return ids[:n], None
+            if ids is not None:
+                return ids[:n], None
+            # not an upsampling: only the graph's own head is known to give the model's ids, from now on
+            self._head = None
+            cut = keep_outputs(self.path.read_bytes(), (IDS,))
+            self.session = (self._frame_session(cut, self.providers) if cut else None) or self._full()
         names = [IDS, CONFIDENCE] if confidence else [IDS]
         out = (self._full() if confidence else self.session).run(names, x)
         return out[0][:n], (out[1][:n] if confidence else None)

@@ -78,7 +78,7 @@ def _model(
     axis: int = 1,
     keepdims: int = 0,
     to: int = TensorProto.UINT8,
-    factor: int = 4,
+    factor: float = 4,
     scales_form: bool = False,
     last_index: int | None = None,
 ) -> bytes:
@@ -167,3 +167,44 @@ def test_identity_resize_agrees_and_a_smaller_target_is_refused() -> None:
     smaller = sizes.copy()
     smaller[2:] = sizes[2:] // 2
     assert head.argmax_upsampled(logits, smaller) is None
+
+
+def _segstream_model(tmp_path: Path, factor: float) -> Path:
+    """The tiny head model with dynamic N/H/W and segstream metadata (3 classes), loadable by the runtime."""
+    import json
+
+    import onnx
+
+    props = _session(MODEL.read_bytes()).get_modelmeta().custom_metadata_map
+    meta = json.loads(props["segstream.meta"])
+    meta["classes"] = {
+        "ignore_index": 3,
+        "names": ["a", "b", "c"],
+        "palette": [[0, 0, 0], [255, 0, 0], [0, 255, 0]],
+    }
+    meta["input_size"] = [16, 16]
+    m = onnx.load_from_string(_model(factor=factor))
+    for i, name in ((0, "n"), (2, "h"), (3, "w")):
+        m.graph.input[0].type.tensor_type.shape.dim[i].dim_param = name
+    helper.set_model_props(m, {"segstream.meta": json.dumps(meta)})
+    path = tmp_path / f"tiny-{factor}.onnx"
+    onnx.save(m, str(path))
+    return path
+
+
+def test_runtime_uses_the_cut_head_and_falls_back_when_the_head_downsamples(tmp_path: Path) -> None:
+    from engines.runtime import load
+
+    frames = [np.random.default_rng(i).integers(0, 255, (16, 16, 3), np.uint8) for i in range(3)]
+    for factor, cut in ((4, True), (0.5, False)):
+        path = _segstream_model(tmp_path, factor)
+        whole = _session(path.read_bytes())
+        rt = load(path, device="cpu", threads=1)
+        for frame in frames:
+            x = rt.prepare([frame])
+            ids, _ = rt.run(x)
+            (want,) = whole.run(None, {"images": x})
+            assert np.array_equal(ids, want)
+        # an upsampling head stays cut; a downsampling one is dropped on the first frame for good
+        assert (rt._head is not None) is cut
+        rt.close()
