@@ -94,6 +94,8 @@ class GraphSummary:
     outputs: list[TensorSpec]
     producers: dict[str, tuple[str, list[str], int | None]] = field(default_factory=dict)
     # ^ tensor name -> (op_type, input names, 'axis' attribute) of the node that makes it
+    attributes: dict[str, dict[str, int | str]] = field(default_factory=dict)
+    # ^ tensor name -> the int and string attributes of the node that makes it
     initializer_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def class_count(self) -> int | None:
@@ -127,13 +129,15 @@ class GraphSummary:
         return None
 
 
-def read_graph(path: str | Path) -> GraphSummary:
-    """An ONNX file's declared inputs/outputs, node wiring and weight shapes, from the protobuf alone.
+def read_graph(path: str | Path, data: bytes | None = None) -> GraphSummary:
+    """An ONNX file's declared inputs/outputs, node wiring and weight shapes, from the protobuf alone
+    (``data``: the file's bytes, when the caller has read them already; ``path`` then names it).
 
     Field numbers: ModelProto.graph 7; GraphProto node 1, initializer 5, input 11, output 12; NodeProto
-    input 1, output 2, op_type 4, attribute 5 {name 1, i 3}; TensorProto dims 1, name 8; ValueInfoProto
+    input 1, output 2, op_type 4, attribute 5 {name 1, i 3, s 4}; TensorProto dims 1, name 8; ValueInfoProto
     name 1, type 2 {tensor_type 1 {elem_type 1, shape 2 {dim 1 {dim_value 1}}}}.
     """
+    import contextlib
     import mmap
 
     from engines.runtime.probe import _fields, _varint
@@ -172,8 +176,8 @@ def read_graph(path: str | Path) -> GraphSummary:
                             shape = tuple(dims)
         return TensorSpec(name, dtype, shape)
 
-    def node(buf, span, producers) -> None:
-        op, ins, outs, axis = "", [], [], None
+    def node(buf, span, producers, attributes) -> None:
+        op, ins, outs, axis, attrs = "", [], [], None, {}
         for n, w, v in _fields(buf, *span):
             if n == 1 and w == 2:
                 ins.append(text(buf, v))
@@ -182,16 +186,28 @@ def read_graph(path: str | Path) -> GraphSummary:
             elif n == 4 and w == 2:
                 op = text(buf, v)
             elif n == 5 and w == 2:
-                attr = {k: x for k, kw, x in _fields(buf, *v) if (k, kw) in ((1, 2), (3, 0))}
-                if 1 in attr and text(buf, attr[1]) == "axis" and 3 in attr:
+                attr = {k: x for k, kw, x in _fields(buf, *v) if (k, kw) in ((1, 2), (3, 0), (4, 2))}
+                if 1 not in attr:
+                    continue
+                name = text(buf, attr[1])
+                if 3 in attr:
                     a = attr[3]
-                    axis = a - (1 << 64) if a >= 1 << 63 else a  # int64 two's complement
+                    attrs[name] = a - (1 << 64) if a >= 1 << 63 else a  # int64 two's complement
+                elif 4 in attr:
+                    attrs[name] = text(buf, attr[4])
+        axis = attrs.get("axis") if isinstance(attrs.get("axis"), int) else None
         for o in outs:
             producers[o] = (op, ins, axis)
+            attributes[o] = attrs
 
     path = Path(path)
     try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        with contextlib.ExitStack() as stack:
+            if data is not None:
+                buf = memoryview(data)
+            else:
+                f = stack.enter_context(open(path, "rb"))
+                buf = stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
             top = list(_fields(buf))  # every top-level field, so a cut anywhere in the file shows
             graph = next((v for n, w, v in top if n == 7 and w == 2), None)
             if graph is None:
@@ -199,7 +215,7 @@ def read_graph(path: str | Path) -> GraphSummary:
             g = GraphSummary([], [])
             for n, w, v in _fields(buf, *graph):
                 if n == 1 and w == 2:
-                    node(buf, v, g.producers)
+                    node(buf, v, g.producers, g.attributes)
                 elif n == 11 and w == 2:
                     g.inputs.append(value_info(buf, v))
                 elif n == 12 and w == 2:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.runtime.prune import _spans, _strings
+from engines.runtime.contract import GraphSummary
 
 IDS = "ids"
 
@@ -34,51 +34,23 @@ class Head:
     sizes: str  # the Resize's target sizes (int64 [N, classes, H, W])
 
 
-def find(data: bytes) -> Head | None:
-    """The graph's argmax head when it is exactly the one above, else None (also for bytes that do
-    not parse: the caller loads the model as it is and reports what is wrong with it)."""
-    try:
-        return _find(memoryview(data))
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def _find(buf: memoryview) -> Head | None:
-    graph = next((v for n, w, v, _ in _spans(buf) if n == 7 and w == 2), None)
-    if graph is None:
-        return None
-    producer: dict[str, tuple[str, list[str], dict[str, object]]] = {}
-    for n, w, v, _ in _spans(buf, *graph):
-        if n != 1 or w != 2:
-            continue
-        op, attrs = "", {}
-        for fn, fw, fv, _ in _spans(buf, *v):
-            if fn == 4 and fw == 2:
-                op = bytes(buf[fv[0] : fv[1]]).decode()
-            elif fn == 5 and fw == 2:
-                name = (_strings(buf, fv, 1) or [""])[0]
-                val: object = None
-                for an, aw, av, _ in _spans(buf, *fv):
-                    if an == 3 and aw == 0:
-                        val = av - (1 << 64) if av >= 1 << 63 else av  # int64, two's complement
-                    elif an == 4 and aw == 2:
-                        val = bytes(buf[av[0] : av[1]]).decode()
-                attrs[name] = val
-        for out in _strings(buf, v, 2):
-            producer[out] = (op, _strings(buf, v, 1), attrs)
+def find(graph: GraphSummary) -> Head | None:
+    """The graph's argmax head (``contract.read_graph``'s summary) when it is exactly the one above,
+    else None."""
+    producer, attrs = graph.producers, graph.attributes
     cast = producer.get(IDS)
-    if cast is None or cast[0] != "Cast" or cast[2].get("to") != 2 or len(cast[1]) != 1:
+    if cast is None or cast[0] != "Cast" or attrs[IDS].get("to") != 2 or len(cast[1]) != 1:
         return None
     argmax = producer.get(cast[1][0])
     if argmax is None or argmax[0] != "ArgMax" or len(argmax[1]) != 1:
         return None
-    a = argmax[2]
+    a = attrs[cast[1][0]]
     if a.get("axis", 0) not in (1, -3) or a.get("keepdims", 1) != 0 or a.get("select_last_index", 0) != 0:
         return None
     resize = producer.get(argmax[1][0])
     if resize is None or resize[0] != "Resize":
         return None
-    r, ins = resize[2], resize[1]
+    r, ins = attrs[argmax[1][0]], resize[1]
     if r.get("mode") != "linear" or r.get("coordinate_transformation_mode") != "half_pixel":
         return None
     if r.get("antialias", 0) != 0 or r.get("exclude_outside", 0) != 0 or r.get("axes") is not None:

@@ -86,7 +86,12 @@ class OrtRuntime(Runtime):
         # 12 ms per frame), and on the CPU without its argmax head either, which OpenCV does in a
         # quarter of the time (engines.runtime.head); a frame that asks for confidence gets the whole
         # graph
-        self.session, self._head = self._frame_graph(self.path.read_bytes(), providers)
+        data = self.path.read_bytes()
+        try:  # the graph is read once here, for the head and the contract checks below
+            self._summary: GraphSummary | None = read_graph(self.path, data)
+        except ModelFileError:  # loading the file says what is wrong with it (describe_file, below)
+            self._summary = None
+        self.session, self._head = self._frame_graph(data, providers)
         self._pruned = self.session is not None
         try:
             if self.session is None:
@@ -132,7 +137,7 @@ class OrtRuntime(Runtime):
 
     def _graph(self) -> GraphSummary:
         """The file's graph as the quick protobuf walk reads it (once: two checks use it)."""
-        if getattr(self, "_summary", None) is None:
+        if self._summary is None:
             self._summary = read_graph(self.path)
         return self._summary
 
@@ -142,7 +147,8 @@ class OrtRuntime(Runtime):
         """The session frames run on: the graph cut before its argmax head (CPU, float32 logits: a
         float16 graph's own Resize rounds in half precision, which the OpenCV head would not reproduce
         tie for tie), else cut to 'ids', else None (the file is loaded whole)."""
-        found = head.find(data) if providers[0] == "CPUExecutionProvider" else None
+        cpu = providers[0] == "CPUExecutionProvider"
+        found = head.find(self._summary) if cpu and self._summary is not None else None
         if found is not None:
             cut = keep_outputs(data, (found.logits, found.sizes))
             session = self._frame_session(cut, providers) if cut else None

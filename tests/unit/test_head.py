@@ -17,6 +17,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from engines.runtime import head
+from engines.runtime.base import ModelFileError
+from engines.runtime.contract import read_graph
 from engines.runtime.prune import keep_outputs
 
 ASSETS = Path(__file__).resolve().parents[2] / "stream" / "assets"
@@ -110,7 +112,7 @@ def _model(
 
 
 def test_find_takes_exactly_the_supported_head() -> None:
-    found = head.find(_model())
+    found = head.find(read_graph("tail.onnx", _model()))
     assert found == head.Head(logits="logits", sizes="sizes")
     for other in (
         _model(mode="nearest"),
@@ -123,14 +125,15 @@ def test_find_takes_exactly_the_supported_head() -> None:
         _model(scales_form=True),
         _model(last_index=1),
     ):
-        assert head.find(other) is None
-    assert head.find(b"not a model") is None
+        assert head.find(read_graph("other.onnx", other)) is None
+    with pytest.raises(ModelFileError):  # no graph to look at: the runtime then cuts no head
+        read_graph("garbage.onnx", b"not a model")
 
 
 @pytest.mark.parametrize("factor", [2, 4, 8])
 def test_cut_head_equals_onnx_runtimes_resize_and_argmax(factor: int) -> None:
     data = _model(factor=factor)
-    found = head.find(data)
+    found = head.find(read_graph("tail.onnx", data))
     cut = _session(keep_outputs(data, [found.logits, found.sizes]))
     whole = _session(data)
     rng = np.random.default_rng(factor)
@@ -159,7 +162,7 @@ def test_identity_resize_agrees_and_a_smaller_target_is_refused() -> None:
     logits is not what OpenCV's upsampling reproduces, so it is refused (the runtime then takes the
     graph's own ids)."""
     data = _model(factor=1)
-    found = head.find(data)
+    found = head.find(read_graph("tail.onnx", data))
     cut = _session(keep_outputs(data, [found.logits, found.sizes]))
     x = np.random.default_rng(0).normal(size=(1, 3, 8, 8)).astype(np.float32)
     logits, sizes = cut.run(None, {"images": x})
