@@ -1,20 +1,26 @@
-"""What does publishing masks cost? Two measurements, 480x360 and 1280x720 masks, 0 vs 4 subscribers.
+"""What does publishing masks cost? Two measurements, 480x360 and 1280x720 masks.
 
-  micro     no pipeline: a loop paced at 30 fps does overlay-stage work per frame (colorize + blend)
-            and ZmqPubSink.write(); the publisher's CPU per frame (all threads, ZeroMQ I/O included)
-            without publishing, and publishing to 0 and to 4 real subscriber processes, per encoding.
-            The loop runs with the per-process settings every stage applies before its first frame
-            (stream.stages.base.tune_process: freed memory kept for reuse, OpenCV's thread count);
-            --no-stage-settings measures a plain Python process instead.
-  pipeline  `segstream run CLIP --sink zmq-pub://...` fps with 0 and 4 subscribers (needs --model), and
-            the CPU seconds of the whole run (all stage processes): on a busy machine fps is noisy, the
-            CPU ratio is what a CPU-bound pipeline's fps ratio would be.
+micro     no pipeline: a loop paced at 30 fps does overlay-stage work per frame (colorize + blend)
+          and ZmqPubSink.write(); the publisher's CPU per frame (all threads, ZeroMQ I/O included)
+          without publishing, and publishing to 0 and to 4 real subscriber processes, per encoding
+          (CamVid label masks). The loop runs with the per-process settings every stage applies
+          before its first frame (stream.stages.base.tune_process); --no-stage-settings measures a
+          plain Python process instead.
+pipeline  the way a user compares: whole `segstream run CLIP` processes, default flags, start-up
+          counted, on a clip long enough to be a run (the shared vtest / solidWhiteRight videos looped
+          to --frames, scaled to each size). "none" publishes nothing a subscriber could use
+          (encoding=raw, no subscriber: a header and a send ZeroMQ drops); "publishing" is
+          encoding=ENCODING with 4 subscribers. Interleaved, --repeat times; medians of fps, of the
+          run's CPU per frame (all its processes; the subscribers not counted) and of start-up (the
+          wall time of a 5-frame run). Subscribers: `light` (a plain ZeroMQ SUB that counts messages:
+          what a consumer on another host costs this one, the sends) or `decoding`
+          (stream.subscriber, decoding every mask on this host: on 2 cores they compete with the
+          pipeline, a pessimistic figure).
 
-    python tools/bench_publish.py micro [--frames 300] [--encodings raw coco-rle polygons]
-                                        [--no-stage-settings]
-    python tools/bench_publish.py pipeline --model model.onnx [--frames 200] [--encoding polygons]
-
-Subscribers run on the same host here, so their CPU competes with the pipeline: a pessimistic figure.
+  python tools/bench_publish.py micro [--frames 300] [--encodings raw coco-rle polygons]
+                                      [--no-stage-settings]
+  python tools/bench_publish.py pipeline [--encodings polygons coco-rle] [--frames 1600] [--repeat 3]
+                                         [--subscribers light|decoding] [--model M.onnx]
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import socket
 import subprocess
@@ -48,9 +53,23 @@ from stream.subscriber import Subscriber
 with Subscriber(sys.argv[1]) as sub:
     print("ready", flush=True)
     n = 0
-    while sub.recv(timeout=float(sys.argv[2])) is not None:
+    while sub.recv(timeout=float(sys.argv[2]) if n == 0 else 2.0) is not None:  # 2 s idle: the run ended
         n += 1
     print(json.dumps({"received": n, "gaps": sub.stats.gaps}), flush=True)
+"""
+
+
+LIGHT_SUBSCRIBER = """
+import json, sys, zmq
+sub = zmq.Context().socket(zmq.SUB)
+sub.setsockopt(zmq.SUBSCRIBE, b"")
+sub.connect(sys.argv[1].split("?")[0])
+print("ready", flush=True)
+n = 0
+while sub.poll(int(1000 * float(sys.argv[2])) if n == 0 else 2000):
+    sub.recv_multipart()
+    n += 1
+print(json.dumps({"received": n, "gaps": 0}), flush=True)
 """
 
 
@@ -63,10 +82,12 @@ def free_port() -> int:
             return port
 
 
-def start_subscribers(endpoint: str, n: int, idle_timeout: float) -> list[subprocess.Popen]:
+def start_subscribers(
+    endpoint: str, n: int, idle_timeout: float, code: str = SUBSCRIBER
+) -> list[subprocess.Popen]:
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", SUBSCRIBER, endpoint, str(idle_timeout)],
+            [sys.executable, "-c", code, endpoint, str(idle_timeout)],
             env=ENV,
             text=True,
             stdout=subprocess.PIPE,
@@ -168,26 +189,15 @@ def run_micro(args) -> None:
 
         tune_process()  # the publisher runs inside the overlay stage, which applies these
     console = Console(width=170)
-    budget = 2 * 1000.0 / args.pipeline_fps  # CPU ms per frame of a 2-core pipeline at that rate
     settings = "stage process settings" if args.stage_settings else "no stage process settings"
     table = Table(
         title=f"publish microbench: {args.frames} frames paced at {args.rate:g} fps ({settings}); "
-        f"publisher CPU ms per frame (all threads); cost = extra CPU / CPU budget of a "
-        f"{args.pipeline_fps:g} fps 2-core pipeline"
+        "publisher CPU ms per frame (all threads); extra = over the same loop without publishing "
+        "(what it costs the pipeline: `pipeline` mode)"
     )
-    for col in (
-        "mask",
-        "encoding",
-        "bytes",
-        "write ms",
-        "CPU ms: none",
-        "0 subs",
-        "4 subs",
-        "cost 0 subs",
-        "cost 4 subs",
-        "received/sub",
-        "gaps/sub",
-    ):
+    cols = ("mask", "encoding", "bytes", "write ms", "CPU ms: none", "0 subs", "4 subs", "extra 0 subs",
+            "extra 4 subs", "received/sub", "gaps/sub")  # fmt: skip
+    for col in cols:
         table.add_column(col, justify="right")
     for size in SIZES:
         base, _, _ = micro_run(size, None, 0, args.frames, args.rate)
@@ -196,17 +206,9 @@ def run_micro(args) -> None:
             cpu4, w4, reps = micro_run(size, enc, 4, args.frames, args.rate)
             nbytes = len(bytes(encode_mask(samples(size)[2][0], enc)))
             table.add_row(
-                f"{size[0]}x{size[1]}",
-                enc,
-                f"{nbytes:,}",
-                f"{w4:.2f}",
-                f"{base:.2f}",
-                f"{cpu0:.2f}",
-                f"{cpu4:.2f}",
-                f"{100 * (cpu0 - base) / budget:.1f}%",
-                f"{100 * (cpu4 - base) / budget:.1f}%",
-                *_sub_cols(reps),
-            )
+                f"{size[0]}x{size[1]}", enc, f"{nbytes:,}", f"{w4:.2f}", f"{base:.2f}", f"{cpu0:.2f}",
+                f"{cpu4:.2f}", f"{cpu0 - base:.2f}", f"{cpu4 - base:.2f}", *_sub_cols(reps),
+            )  # fmt: skip
     console.print(table)
 
 
@@ -220,6 +222,8 @@ def make_clip(size, n_frames: int, tmp: Path) -> Path:
             "-loglevel",
             "error",
             "-y",
+            "-stream_loop",
+            "-1",  # looped: as long a run as asked for
             "-i",
             str(src),
             "-frames:v",
@@ -237,12 +241,14 @@ def make_clip(size, n_frames: int, tmp: Path) -> Path:
     return out
 
 
-def pipeline_fps(
-    clip: Path, model: str, n_subs: int, extra: list[str], encoding: str = "raw"
-) -> tuple[float, float, list[dict]]:
-    """(fps, CPU seconds of the whole `segstream run` process tree, subscriber reports)."""
+def pipeline_run(
+    clip: Path, model: str, encoding: str, n_subs: int, light: bool, max_frames: int | None = None
+) -> tuple[float, float, float, int, list[dict]]:
+    """One `segstream run CLIP --sink zmq-pub://...?encoding=ENCODING` with n_subs subscribers:
+    (fps, CPU seconds of the run's process tree, wall seconds, frames, subscriber reports)."""
     port, classes_port = free_port(), free_port()
-    subs = start_subscribers(f"tcp://127.0.0.1:{port}?classes={classes_port}", n_subs, idle_timeout=10.0)
+    code = LIGHT_SUBSCRIBER if light else SUBSCRIBER
+    subs = start_subscribers(f"tcp://127.0.0.1:{port}?classes={classes_port}", n_subs, 30.0, code)
     stats = Path(tempfile.mkstemp(suffix=".json")[1])
     cmd = [
         sys.executable,
@@ -257,7 +263,7 @@ def pipeline_fps(
         f"zmq-pub://127.0.0.1:{port}?lossless=off&classes={classes_port}&encoding={encoding}",
         "--stats-json",
         str(stats),
-        *extra,
+        *(["--max-frames", str(max_frames)] if max_frames else []),
     ]
     t0, ru0 = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, cwd=REPO)
@@ -266,59 +272,48 @@ def pipeline_fps(
     cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     if proc.returncode != 0:
         raise SystemExit(f"segstream run failed: {proc.stderr[-2000:]}")
-    fps = None
-    try:
-        doc = json.loads(stats.read_text())
-        fps = _find_fps(doc)
-    except (OSError, json.JSONDecodeError):
-        pass
-    counts = re.findall(r"(\d+) frames", proc.stderr)
-    if fps is None:
-        fps = (int(counts[-1]) if counts else 0) / elapsed
-    return fps, cpu, finish_subscribers(subs)
-
-
-def _find_fps(doc) -> float | None:
-    """The pipeline's output fps from --stats-json (its exact layout belongs to the pipeline)."""
-    if isinstance(doc, dict):
-        for key in ("fps", "output_fps", "fps_out"):
-            if isinstance(doc.get(key), (int, float)):
-                return float(doc[key])
-        for key in ("overlay", "pipeline", "summary"):
-            if key in doc:
-                got = _find_fps(doc[key])
-                if got is not None:
-                    return got
-    return None
+    doc = json.loads(stats.read_text())
+    stats.unlink()
+    return float(doc["fps"]), cpu, elapsed, int(doc["frames"]), finish_subscribers(subs)
 
 
 def run_pipeline(args) -> None:
-    console = Console(width=170)
+    console = Console(width=200)
+    light = args.subscribers == "light"
     table = Table(
-        title=f"pipeline fps (segstream run, {args.frames} frames, median of {args.repeat}, "
-        f"encoding={args.encoding}), 0 vs 4 subscribers"
+        title=f"segstream run, {args.frames}-frame clips, medians of {args.repeat} interleaved runs: "
+        f"publishing nothing (encoding=raw, no subscriber) vs ENCODING to 4 {args.subscribers} subscribers; "
+        "after start-up = (a whole run - a 5-frame run) / the frames between"
     )
-    cols = ("clip", "fps 0 subs", "fps 4 subs", "ratio", "CPU s 0 subs", "CPU s 4 subs", "CPU ratio 0/4")
-    for col in (*cols, "received/sub", "gaps/sub"):
+    cols = (
+        "clip", "encoding", "fps none", "publishing", "ratio", "after start-up: fps none", "publishing",
+        "ratio", "CPU ms/frame none", "publishing", "ratio", "start-up s none", "publishing", "received/sub",
+    )  # fmt: skip
+    for col in cols:
         table.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
         for size in SIZES:
             clip = make_clip(size, args.frames, Path(tmp))
-            runs0, runs4, cpus0, cpus4 = [], [], [], []
-            for _ in range(args.repeat):  # interleaved, so machine load drifts hit both sides alike
-                fps, cpu, _ = pipeline_fps(clip, args.model, 0, args.run_args, args.encoding)
-                runs0.append(fps)
-                cpus0.append(cpu)
-                fps, cpu, reps = pipeline_fps(clip, args.model, 4, args.run_args, args.encoding)
-                runs4.append(fps)
-                cpus4.append(cpu)
-            fps0, fps4 = float(np.median(runs0)), float(np.median(runs4))
-            cpu0, cpu4 = float(np.median(cpus0)), float(np.median(cpus4))
-            console.print(f"  {size}: fps 0 subs {runs0}, 4 subs {runs4}", style="dim")
-            table.add_row(
-                f"{size[0]}x{size[1]}", f"{fps0:.1f}", f"{fps4:.1f}", f"{fps4 / fps0:.3f}",
-                f"{cpu0:.2f}", f"{cpu4:.2f}", f"{cpu0 / cpu4:.3f}", *_sub_cols(reps),
-            )  # fmt: skip
+            for enc in args.encodings:
+                runs: dict[str, list[tuple[float, ...]]] = {"none": [], "pub": []}
+                reps: list[dict] = []
+                for _ in range(args.repeat):  # interleaved: machine load drifts hit both sides alike
+                    for side, encoding, n in (("none", "raw", 0), ("pub", enc, 4)):
+                        fps, cpu, wall, frames, got = pipeline_run(clip, args.model, encoding, n, light)
+                        _, cpu5, wall5, frames5, _ = pipeline_run(clip, args.model, encoding, 0, light, 5)
+                        more = frames - frames5
+                        steady = more / (wall - wall5)
+                        runs[side].append((fps, steady, 1000 * (cpu - cpu5) / more, wall5))
+                        reps = got or reps
+                med = {k: np.median(np.array(v), axis=0) for k, v in runs.items()}
+                what = "fps, fps after start-up, CPU ms/frame after it, start-up s"
+                console.print(f"  {size} {enc} ({what}): {runs}", style="dim")
+                (f0, s0, c0, w0), (f1, s1, c1, w1) = med["none"], med["pub"]
+                table.add_row(
+                    f"{size[0]}x{size[1]}", enc, f"{f0:.1f}", f"{f1:.1f}", f"{f1 / f0:.3f}", f"{s0:.1f}",
+                    f"{s1:.1f}", f"{s1 / s0:.3f}", f"{c0:.2f}", f"{c1:.2f}", f"{c0 / c1:.3f}", f"{w0:.2f}",
+                    f"{w1:.2f}", _sub_cols(reps)[0],
+                )  # fmt: skip
     console.print(table)
 
 
@@ -328,12 +323,6 @@ def main() -> None:
     m = sub.add_parser("micro")
     m.add_argument("--frames", type=int, default=300)
     m.add_argument("--rate", type=float, default=30.0, help="frames per second the loop is paced at")
-    m.add_argument(
-        "--pipeline-fps",
-        type=float,
-        default=55.0,
-        help="pipeline rate the cost is expressed against (FACTS.md: ~55 fps on 2 cores)",
-    )
     encodings = ["raw", "rle", "png", "coco-rle", "polygons"]
     m.add_argument("--encodings", nargs="+", default=["raw", "rle", "png"], choices=encodings)
     m.add_argument(
@@ -343,11 +332,11 @@ def main() -> None:
         help="skip the overlay stage's per-process settings (tune_process): a plain Python process",
     )
     p = sub.add_parser("pipeline")
-    p.add_argument("--model", required=True)
-    p.add_argument("--frames", type=int, default=200)
+    p.add_argument("--model", default=str(REPO / "stream" / "assets" / "default.onnx"))
+    p.add_argument("--frames", type=int, default=1600)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--encoding", default="raw", choices=encodings, help="the publisher's mask encoding")
-    p.add_argument("run_args", nargs="*", help="extra `segstream run` arguments (after --)")
+    p.add_argument("--encodings", nargs="+", default=["polygons", "coco-rle"], choices=encodings)
+    p.add_argument("--subscribers", choices=["light", "decoding"], default="light")
     args = ap.parse_args()
     run_micro(args) if args.mode == "micro" else run_pipeline(args)
 

@@ -36,6 +36,9 @@ python3 -m pip install -q -e ".[dev]"
 # An editable install leaves the sources uncompiled, and where PYTHONDONTWRITEBYTECODE is set every process
 # the tests start would compile ~60 modules again (0.1-0.3 s each): compile them once, as pip does on install.
 python3 -m compileall -q stream engines >/dev/null
+# Likewise the compiled mask encoders (numba, stream/maskcodec): compiled once into numba's on-disk cache here,
+# so that no test (and no stage) pays the few seconds of a first compilation.
+python3 -c 'from stream.maskcodec import segments; [segments.warm(f) for f in segments.FORMATS]'
 
 # The Triton tests' server: PyTriton (nvidia-pytriton bundles tritonserver) needs numpy < 2, which the project's
 # environment cannot have (opencv-python 5 needs numpy 2), so it gets a virtual environment of its own. Its

@@ -36,13 +36,6 @@ class SegmentsError(ValueError):
     """A segments document that does not describe a mask of the announced size."""
 
 
-def _components(binary: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
-    import cv2
-
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary.view(np.uint8), connectivity=8)
-    return n, labels, stats
-
-
 def encode(
     mask: np.ndarray,
     fmt: str,
@@ -57,10 +50,9 @@ def encode(
     gives pixels no polygon covers (default: the most frequent class of the frame)."""
     mask = _checked(mask, fmt)
     h, w = mask.shape
-    total = h * w
     segments: list[dict[str, Any]] = []
     if fmt == "polygons":
-        ids, areas, keep, box_list, found = _polygons(mask, components, tolerance, skip, as_json=False)
+        ids, areas, keep, box_list, found = _polygons(mask, components, tolerance, skip)
         for (k, c), regions in zip(keep, found, strict=True):
             if not components:
                 segments.append(
@@ -83,44 +75,35 @@ def encode(
                     }
                 )
     else:
-        starts, lengths, values = rle.value_runs(mask)
-        ids, areas, boxes = rle.class_boxes(starts, lengths, values, h)
+        ids, areas, boxes, strings = rle.class_strings(mask)  # one compiled pass: runs, boxes, strings
         keep = _kept(ids, skip)
         box_list = boxes.tolist()
     if fmt == "coco-rle" and not components:
-        gids, counts = rle.grouped_counts(starts, lengths, values, total)
-        strings = dict(zip(gids.tolist(), rle.counts_to_strings(counts), strict=True))
         for k, c in keep:
             segments.append(
                 {
                     "category_id": c,
                     "area": int(areas[k]),
                     "bbox": box_list[k],
-                    "segmentation": {"size": [h, w], "counts": strings[c]},
+                    "segmentation": {"size": [h, w], "counts": strings[k]},
                 }
             )
     elif fmt == "coco-rle":
-        # components of every class numbered in one label image, so its runs are taken once
-        combined = np.zeros((h, w), np.int32)
-        cats, areas_, boxes_ = [0], [0], [[0, 0, 0, 0]]
-        for k, c in keep:
-            x, y, bw, bh = box_list[k]
-            n, labels, stats = _components(mask[y : y + bh, x : x + bw] == c)  # the class's box only
-            region = combined[y : y + bh, x : x + bw]
-            np.add(region, labels + (len(cats) - 1), out=region, where=labels > 0)
-            cats += [c] * (n - 1)
-            areas_ += stats[1:, 4].tolist()
-            boxes_ += (stats[1:, :4] + [x, y, 0, 0]).tolist()
-        ls, ll, lv = rle.value_runs(combined)
-        gids, counts = rle.grouped_counts(ls, ll, lv, total)
-        for k, text in zip(gids.tolist(), rle.counts_to_strings(counts), strict=True):
+        # every class's 8-connected regions numbered in one label image (the polygon tracer knows each
+        # run's region), so its runs and strings are taken in one pass
+        from stream.maskcodec import crack
+
+        labels, category = crack.region_labels(mask, skip)
+        numbers, region_areas, region_boxes, texts = rle.class_strings(labels)
+        found = zip(numbers.tolist(), region_areas.tolist(), region_boxes.tolist(), texts, strict=True)
+        for k, area, box, text in found:
             if k == 0:
                 continue  # pixels of skipped classes
             segments.append(
                 {
-                    "category_id": cats[k],
-                    "area": int(areas_[k]),
-                    "bbox": [int(v) for v in boxes_[k]],
+                    "category_id": category[k],
+                    "area": area,
+                    "bbox": box,
                     "segmentation": {"size": [h, w], "counts": text},
                 }
             )
@@ -146,35 +129,31 @@ def encode_json(
 ) -> bytes:
     """``json.dumps(encode(...), separators=(",", ":")).encode()``, byte for byte (the mask stream's
     payload; tests/unit/test_maskcodec_fast.py compares the two). Polygons are written straight to
-    text, the coordinates of all rings at once: building the document's lists for the JSON encoder to
-    write number by number cost about an eighth more CPU per 480x360 frame."""
+    text by a compiled kernel (crack.Traced.segments_json): building the document's lists for the
+    JSON encoder cost about as much as tracing."""
     if fmt != "polygons":
         doc = encode(mask, fmt, components=components, tolerance=tolerance, fill=fill, skip=skip)
         return json.dumps(doc, separators=(",", ":")).encode()
     mask = _checked(mask, fmt)
     h, w = mask.shape
-    ids, areas, keep, box_list, found = _polygons(mask, components, tolerance, skip, as_json=True)
-    segments: list[tuple[int, str]] = []  # (area, text)
-    for (k, c), regions in zip(keep, found, strict=True):
-        texts = [f'{{"exterior":{e},"holes":[{",".join(hl)}]}}' for e, hl, _, _ in regions]
-        if not components:
-            x, y, bw, bh = box_list[k]
-            area = int(areas[k])
-            polys = ",".join(texts)
-            segments.append(
-                (area, f'{{"category_id":{c},"area":{area},"bbox":[{x},{y},{bw},{bh}],"polygons":[{polys}]}}')
-            )
-            continue
-        for text, (_, _, area, (x, y, bw, bh)) in zip(texts, regions, strict=True):
-            segments.append(
-                (area, f'{{"category_id":{c},"area":{area},"bbox":[{x},{y},{bw},{bh}],"polygons":[{text}]}}')
-            )
-    segments.sort(key=lambda s: -s[0])  # as encode() orders them (a stable sort)
+    from stream.maskcodec import crack  # numba: loaded by the processes that encode polygons only
+
+    traced = crack.trace(mask, tolerance, skip)
+    fill = _fill(traced.ids, traced.areas, fill)
     head = (
         f'{{"format":"polygons","size":[{h},{w}],"components":{json.dumps(bool(components))},'
-        f'"tolerance":{json.dumps(float(tolerance))},"fill":{_fill(ids, areas, fill)},"segments":['
+        f'"tolerance":{json.dumps(float(tolerance))},"fill":{fill},"segments":['
     )
-    return (head + ",".join(t for _, t in segments) + "]}").encode()
+    return head.encode() + traced.segments_json(components, skip) + b"]}"
+
+
+def warm(fmt: str) -> None:
+    """Compile the kernels ``fmt`` encodes with (or load them from numba's on-disk cache: ~0.3 s; the
+    first time after an install, a few seconds) now, not at a stream's first frame."""
+    mask = np.zeros((3, 4), np.uint8)
+    mask[1, 1:3] = 1
+    for components in (False, True):
+        encode_json(mask, fmt, components=components)
 
 
 def _checked(mask: np.ndarray, fmt: str) -> np.ndarray:
@@ -195,24 +174,19 @@ def _fill(ids: np.ndarray, areas: np.ndarray, fill: int | None) -> int:
 
 
 def _polygons(
-    mask: np.ndarray, components: bool, tolerance: float, skip: tuple[int, ...], as_json: bool
+    mask: np.ndarray, components: bool, tolerance: float, skip: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]], list, list]:
     """(ids, areas, kept (index, id), boxes as lists, each kept class's regions) of a polygons
-    document; rings as lists, or as JSON text with ``as_json``."""
-    # row-major runs (those of mask.T read column-major: no transposed copy); polygons need no
-    # column-major counts
-    ids, areas, tboxes = rle.class_boxes(*rle.value_runs(mask.T), mask.shape[1])
-    keep = _kept(ids, skip)
-    box_list = tboxes[:, [1, 0, 3, 2]].tolist()
-    found = poly.class_polygons(
-        mask,
-        [c for _, c in keep],
-        [box_list[k] for k, _ in keep],
-        tolerance,
-        stats=components,  # per class, area and bbox come from the runs above
-        as_json=as_json,
-    )
-    return ids, areas, keep, box_list, found
+    document, its rings as flat lists."""
+    from stream.maskcodec import crack
+
+    traced = crack.trace(mask, tolerance, skip)
+    keep = _kept(traced.ids, skip)
+    coords = traced.xy.reshape(-1).tolist()
+    bounds = traced.bounds.tolist()
+    rings = [coords[2 * a : 2 * b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    found = poly.regions(traced, rings)
+    return traced.ids, traced.areas, keep, traced.boxes.tolist(), [found.get(c, []) for _, c in keep]
 
 
 # ------------------------------------------------------------------------------------------ decoding

@@ -79,6 +79,10 @@ class Sink(ABC):
     def preflight(self) -> None:  # noqa: B027 - optional hook: most sinks have nothing to check early
         """Refuse, before any process starts, what ``open()`` would refuse later (paths, permissions)."""
 
+    def warm(self) -> None:  # noqa: B027 - optional hook: most sinks have nothing to load
+        """Load what ``open()`` and the first ``write()`` would (compiled encoders), before the stream's
+        first frame; safe to call from another thread and more than once (open() calls it too)."""
+
 
 def check_writable_under(spec: str, path: Path) -> None:
     """Raise SinkError unless ``path`` (a file or folder, existing or not) could be created or written:

@@ -59,10 +59,18 @@ class ImageFolderSink(Sink):
             raise SinkError(f"{self.spec}: {self.folder} is a file, not a folder")
         check_writable_under(self.spec, self.folder)
 
+    def warm(self) -> None:
+        from stream.maskcodec import segments
+
+        for w in self.what:
+            if w in FORMATS:
+                segments.warm(w)
+
     def open(self, info: StreamInfo) -> None:
         from stream.maskcodec.coco import RunWriter
 
         self.classes = info.classes
+        self.warm()
         for w in self.what:
             if w in FORMATS and self.json_mode == "run":
                 self.folder.mkdir(parents=True, exist_ok=True)

@@ -195,12 +195,20 @@ class MqttSink(Sink):
             raise SinkError(f"{self.spec}: no MQTT broker at {self.host}:{self.port} ({why})") from None
 
     # ------------------------------------------------------------------------------ open
+    def warm(self) -> None:
+        from stream.maskcodec import segments
+
+        for fmt in ("polygons", "coco-rle"):
+            if fmt in self.what:
+                segments.warm(fmt)
+
     def open(self, info: StreamInfo) -> None:
         import paho.mqtt.client as mqtt
 
         self.info = info
         self.classes = info.classes
         self._topic = self.topic.replace("{stream}", info.stream_id)
+        self.warm()
         client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv311
         )

@@ -28,6 +28,7 @@ import threading
 import time
 from dataclasses import dataclass
 
+from stream.maskcodec import segments
 from stream.maskcodec.segments import DEFAULT_TOLERANCE
 from stream.messages import (
     CONFIDENCE_ENCODINGS,
@@ -180,6 +181,7 @@ class ZmqPubSink(Sink):
 
         self.info = info
         self._live = bool(info.live)
+        self.warm()
         self.stream = self.stream_override or info.stream_id
         self.classes = info.classes
         self._ctx = zmq.Context()
@@ -214,6 +216,10 @@ class ZmqPubSink(Sink):
         self._rep_thread.start()
         if self.wait_recorders:
             self._await_recorders(self.wait_recorders)
+
+    def warm(self) -> None:
+        if self.encoding in SEGMENT_ENCODINGS:
+            segments.warm(self.encoding)
 
     def _start_curve(self) -> None:
         from zmq.auth.thread import ThreadAuthenticator

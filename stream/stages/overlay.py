@@ -12,6 +12,7 @@ on every exit path, so an mp4 is finalized even on stop or SIGTERM.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -88,6 +89,8 @@ class OverlayStage(Stage):
 
         self.meta = ModelMeta.from_json(self.ctx.model["meta"])
         self.sinks = [open_sink(s) for s in self.cfg.sinks]  # spec errors surface before any frame
+        # compiled encoders load (~0.5 s) while the other stages start, not when the first frame waits
+        threading.Thread(target=self._warm_sinks, args=(list(self.sinks),), daemon=True).start()
         self.opened = False
         self.inp = open_socket(self.zctx, self.ctx.endpoints["in"])
         if self.ctx.endpoints.get("in_remote"):
@@ -138,6 +141,14 @@ class OverlayStage(Stage):
             "duplicates": getattr(self, "duplicates", 0),
             "files": list(getattr(self, "files", [])),
         }
+
+    @staticmethod
+    def _warm_sinks(sinks: list) -> None:
+        for s in sinks:
+            try:
+                s.warm()
+            except Exception as e:  # noqa: BLE001 - open() calls warm() again and reports it there
+                print(f"overlay: loading {type(s).__name__} ahead failed ({e}); open() retries", flush=True)
 
     def open_sinks(self, hdr: H.FrameHeader) -> None:
         from stream.sinks.base import StreamInfo

@@ -15,6 +15,7 @@ import pytest
 from engines.meta import ClassTable
 from stream.maskcodec import rle, segments
 from stream.messages import MessageError, decode_mask_message, encode_mask_message
+from tests.unit import rle_reference as ref
 
 mask_api = pytest.importorskip("pycocotools.mask", reason="pycocotools is in the dev extra")
 # pycocotools 2.0.x on NumPy 2 warns on every decode; nothing to do with this code
@@ -182,3 +183,131 @@ def test_documents_follow_the_published_schema(camvid):
     del bad["fill"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+# --------------------------------------------------------------- rle.class_strings (numba kernels)
+
+
+def _vectorized(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """What class_strings replaces: the vectorized NumPy path, value by value."""
+    starts, lengths, values = ref.value_runs(image)
+    ids, areas, boxes = ref.class_boxes(starts, lengths, values, image.shape[0])
+    gids, counts = ref.grouped_counts(starts, lengths, values, image.size)
+    assert np.array_equal(ids, gids)
+    return ids, areas, boxes, ref.counts_to_strings(counts)
+
+
+def _assert_class_strings(image: np.ndarray, pycoco: bool = True) -> None:
+    ids, areas, boxes, strings = rle.class_strings(image)
+    assert ids.dtype == np.int64 and areas.dtype == np.int64 and boxes.shape == (ids.size, 4)
+    assert np.array_equal(ids, np.unique(image))
+    ref = _vectorized(image)
+    assert np.array_equal(ids, ref[0]) and np.array_equal(areas, ref[1])
+    assert np.array_equal(boxes, ref[2]) and strings == ref[3]
+    if not pycoco:
+        return
+    for c, area, box, text in zip(ids.tolist(), areas.tolist(), boxes.tolist(), strings, strict=True):
+        binary = np.asfortranarray((image == c).astype(np.uint8))
+        coco = mask_api.encode(binary)
+        assert text == coco["counts"].decode()
+        assert area == int(mask_api.area(coco)) and box == [int(v) for v in mask_api.toBbox(coco)]
+
+
+def test_class_strings_are_the_vectorized_and_pycocotools_ones_on_real_labels(camvid):
+    for lab in _labels(camvid):
+        _assert_class_strings(lab)
+        _assert_class_strings(lab.astype(np.int32), pycoco=False)  # same values, component dtype
+
+
+def _random_masks(rng: np.random.Generator) -> list[np.ndarray]:
+    shapes = [(1, 1), (1, 9), (9, 1), (1, 64), (64, 1), (2, 3), (7, 5), (8, 8), (13, 17), (40, 33)]
+    masks = []
+    for h, w in shapes:
+        masks.append(np.zeros((h, w), np.uint8))  # all one class
+        masks.append(np.full((h, w), 255, np.uint8))
+        masks.append(((np.arange(h)[:, None] + np.arange(w)) % 2).astype(np.uint8) * 7)  # checkerboard
+        masks.append(rng.integers(0, 3, (h, w), dtype=np.uint8))  # short runs
+        masks.append(rng.integers(0, 256, (h, w), dtype=np.uint8))  # many classes
+        blocks = rng.integers(0, 4, (h // 4 + 1, w // 4 + 1), dtype=np.uint8)
+        masks.append(np.kron(blocks, np.ones((4, 4), np.uint8))[:h, :w])  # long runs across columns
+    return masks
+
+
+def test_class_strings_on_random_masks_of_many_shapes():
+    rng = np.random.default_rng(7)
+    for mask in _random_masks(rng):
+        _assert_class_strings(mask)
+        _assert_class_strings(mask.astype(np.int32), pycoco=False)
+
+
+def test_class_strings_on_int32_labels():
+    rng = np.random.default_rng(11)
+    labels = rng.integers(0, 3000, (60, 70)).astype(np.int32)  # components: thousands of labels
+    labels[10:30, 5:60] = 0
+    _assert_class_strings(labels, pycoco=False)
+    _assert_class_strings(labels[:7, :3], pycoco=True)
+    # values that cannot index a table (negative, huge) are numbered first: same strings
+    for offset in (-1500, 2**31 - 3001):
+        ids, areas, boxes, strings = rle.class_strings(labels + np.int32(offset))
+        ref = rle.class_strings(labels)
+        assert np.array_equal(ids, ref[0] + offset) and np.array_equal(areas, ref[1])
+        assert np.array_equal(boxes, ref[2]) and strings == ref[3]
+    wide = labels.astype(np.int64)
+    assert rle.class_strings(wide)[3] == rle.class_strings(labels)[3]
+
+
+def test_class_strings_long_runs_and_big_counts():
+    # counts of 6 chunks and deltas that go negative, in a frame larger than a camera's
+    mask = np.zeros((1100, 1300), np.uint8)
+    mask[:, 3:900] = 1
+    mask[517, 950:] = 2
+    mask[-1, -1] = 3
+    _assert_class_strings(mask)
+    assert rle.class_strings(np.zeros((0, 5), np.uint8))[3] == []
+
+
+def test_class_strings_on_views_and_after_shape_changes():
+    rng = np.random.default_rng(3)
+    big = rng.integers(0, 4, (50, 60), dtype=np.uint8)
+    for view in (big[::2, ::3], big[5:20, 7:], big.T, big[:1], big[:, :1]):
+        _assert_class_strings(view, pycoco=False)
+        _assert_class_strings(np.ascontiguousarray(view), pycoco=False)
+
+
+def test_class_strings_rejects_what_it_cannot_encode():
+    with pytest.raises(ValueError):
+        rle.class_strings(np.zeros((2, 3, 1), np.uint8))
+    with pytest.raises(ValueError):
+        rle.class_strings(np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError):
+        rle.class_strings(np.full((2, 3), 2**40, np.int64))
+
+
+def test_warm_compiles_every_kernel(camvid):
+    from stream.maskcodec import rle_kernels
+
+    rle.warm()
+    # the entry points (helpers they call are compiled into them)
+    kernels = [f for n, f in vars(rle_kernels).items() if hasattr(f, "signatures") and n[0] != "_"]
+    assert len(kernels) == 3 and all(f.signatures for f in kernels)
+    compiled = [len(f.signatures) for f in kernels]
+    lab = _labels(camvid)[0]
+    labels = cv2.connectedComponents(np.uint8(lab == lab[0, 0]), connectivity=8)[1]  # int32
+    for image in (lab, labels, lab[:1, :3], labels[:3, :1] - 1):
+        rle.class_strings(image)
+    assert [len(f.signatures) for f in kernels] == compiled  # no frame compiles anything
+    mask = np.array([[1, 1], [0, 1]], np.uint8)
+    ref = [mask_api.encode(np.asfortranarray(np.uint8(mask == c)))["counts"].decode() for c in (0, 1)]
+    assert rle.class_strings(mask)[3] == ref == ["112", "0111"]
+
+
+def test_class_strings_from_threads():
+    # scratch buffers are per thread: concurrent encoders (nogil kernels) must not share them
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(5)
+    masks = [rng.integers(0, 5, (30 + i % 3, 40), dtype=np.uint8) for i in range(24)]
+    expected = [rle.class_strings(m)[3] for m in masks]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(lambda m: rle.class_strings(m)[3], masks)) == expected

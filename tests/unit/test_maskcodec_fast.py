@@ -1,16 +1,14 @@
-"""The vectorized mask codecs (stream/maskcodec) against plain references written here, on the real
-CamVid labels of tests/fixtures (upsampled to 480x360, as the publisher benchmark uses them) and on
+"""The mask codecs (stream/maskcodec) against plain references written here, on the real CamVid
+labels of tests/fixtures (upsampled to 480x360, as the publisher benchmark uses them) and on
 hand-made hard shapes:
 
-* polygons: the encoder (class boxes from one pass over the runs, each class traced once at 1x, the
-  pixel-center chains of all classes turned into pixel-edge rings in one vectorized pass, rectangles
-  simplified in closed form) gives byte for byte the document of the plain per-class algorithm (whole
-  frame, upsample 2x, trace, map border pixels to edges, simplify ring by ring), at every tolerance;
+* polygons: the encoder (every class traced in one compiled pass along pixel edges, rings simplified
+  by a compiled Douglas-Peucker, ring text written by a kernel) gives byte for byte the document of
+  the plain per-class algorithm (whole frame, upsample 2x, OpenCV's findContours, map border pixels to
+  edges, simplify ring by ring as approxPolyDP does), at every tolerance;
 * ``segments.encode_json`` (the mask stream's payload, written as text) is byte for byte the compact
   JSON of that document;
-* ``rle.class_boxes`` gives every class's area and bbox as counting pixels does;
-* the encoder makes OpenCV trace each class once, in its bounding box, at 1x (before: the 2x
-  upsampled box, 4x the pixels).
+* ``rle.class_strings`` gives every class's area and bbox as counting pixels does.
 """
 
 from __future__ import annotations
@@ -23,6 +21,7 @@ import numpy as np
 import pytest
 
 from stream.maskcodec import polygons, rle, segments
+from tests.unit import plain_dp
 
 SIZE = (480, 360)
 
@@ -50,7 +49,7 @@ def _reference_polygons(binary: np.ndarray, tolerance: float) -> list[dict]:
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         boxes.append([int(lo[0]), int(lo[1]), int(hi[0] - lo[0]), int(hi[1] - lo[1])])
         if tolerance > 0 and len(pts) > 3:
-            pts = cv2.approxPolyDP(pts.astype(np.int32).reshape(-1, 1, 2), tolerance, True).reshape(-1, 2)
+            pts = plain_dp.approx(pts, tolerance)
         rings.append(pts.reshape(-1).tolist())
     out = []
     hier = hierarchy[0] if hierarchy is not None else []
@@ -115,7 +114,10 @@ def test_polygons_are_byte_for_byte_the_plain_algorithm(camvid, tolerance, compo
         assert payload == json.dumps(ref, separators=(",", ":")).encode()
 
 
-def test_class_boxes_are_what_counting_pixels_gives(camvid):
+def test_class_areas_and_boxes_are_what_counting_pixels_gives(camvid):
+    # both encoders find them in their own pass: coco-rle's column runs, the polygon tracer's row runs
+    from stream.maskcodec import crack
+
     rng = np.random.default_rng(7)
     masks = _labels(camvid)[:4] + [
         rng.integers(0, 3, (37, 53), dtype=np.uint8),  # runs crossing column ends everywhere
@@ -123,13 +125,12 @@ def test_class_boxes_are_what_counting_pixels_gives(camvid):
         np.eye(6, dtype=np.uint8) * 200,
     ]
     for m in masks:
-        h, w = m.shape
-        for image, height in ((m, h), (m.T, w)):  # column- and row-major runs
-            ids, areas, boxes = rle.class_boxes(*rle.value_runs(image), height)
-            want = np.unique(image)
+        want = np.unique(m)
+        traced = crack.trace(m)
+        for ids, areas, boxes in (rle.class_strings(m)[:3], (traced.ids, traced.areas, traced.boxes)):
             assert ids.tolist() == want.tolist()
             for c, area, box in zip(ids.tolist(), areas.tolist(), boxes.tolist(), strict=True):
-                ys, xs = np.nonzero(image == c)
+                ys, xs = np.nonzero(m == c)
                 assert area == xs.size
                 assert box == [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
 
@@ -221,67 +222,6 @@ def test_hard_shapes_give_the_plain_algorithm_byte_for_byte(name):
         )
         painted = polygons.rasterize([region], h, w).astype(bool)
         assert painted.sum() == s["area"] and (mask[painted] == s["category_id"]).all()
-
-
-def test_rectangles_are_simplified_as_opencv_does():
-    # _simplify computes approxPolyDP's result for 4-corner rings; both orientations (an exterior runs
-    # counterclockwise, a hole clockwise), every tolerance regime and the exact ties
-    rings, tols = [], [0.3, 0.5, 1.0, 2**0.5, 1.5, 2.0, 2.5, 5**0.5, 10.0]
-    for w in range(1, 19):
-        for h in range(1, 19):
-            rings += [[(0, 0), (0, h), (w, h), (w, 0)], [(0, 0), (w, 0), (w, h), (0, h)]]
-            tols += [float(np.hypot(w, h)), w * h / float(np.hypot(w, h))]
-    pts = (np.array(rings, np.int32) + [5, 7]).reshape(-1, 2)
-    bounds = np.arange(0, len(pts) + 1, 4)
-    for tol in tols:
-        got, got_bounds = polygons._simplify(pts, bounds, tol)
-        want = [
-            cv2.approxPolyDP(pts[a:b].reshape(-1, 1, 2), tol, True).reshape(-1, 2)
-            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-        ]
-        assert np.array_equal(got, np.concatenate(want)), tol
-        assert np.diff(got_bounds).tolist() == [len(r) for r in want]
-
-
-def test_each_class_is_traced_once_in_its_box_at_1x(camvid, monkeypatch):
-    """What the encoder makes OpenCV trace, counted (the real findContours runs): each class once, its
-    bounding box at 1x. The encoder before traced the 2x upsampled box (4x the pixels), which cost
-    3.9x tracing at 1x on these frames; this one costs 2.2x (CPU time, tools/bench_maskcodec.py)."""
-    real = cv2.findContours
-    traced: list[tuple[int, int]] = []
-
-    def counting(image, *args, **kwargs):
-        traced.append(image.shape)
-        return real(image, *args, **kwargs)
-
-    monkeypatch.setattr(cv2, "findContours", counting)
-    for lab in _labels(camvid)[::3]:
-        traced.clear()
-        doc = segments.encode(lab, "polygons", tolerance=1.0, skip=(11,))
-        boxes = []
-        for c in np.unique(lab).tolist():
-            if c != 11:
-                ys, xs = np.nonzero(lab == c)
-                boxes.append((int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)))
-        assert sorted(traced) == sorted(boxes)
-        assert len(doc["segments"]) == len(boxes)
-
-
-def test_ring_text_is_what_json_writes_at_every_digit_count():
-    values = [0, 9, 10, 99, 100, 999, 1000, 4095, 9999, 10000, 65535, 99999, 100000, 524287]
-    pts = np.array([[v, values[-1 - k]] for k, v in enumerate(values)], np.int32)
-    bounds = np.array([0, 1, 4, 9, len(values)])
-    want = [
-        json.dumps(pts[a:b].reshape(-1).tolist(), separators=(",", ":"))
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
-    assert polygons._json_rings(pts, bounds) == want
-    shifted = pts - 7  # corners of a crop with a negative offset: written plainly, still right
-    want = [
-        json.dumps(shifted[a:b].reshape(-1).tolist(), separators=(",", ":"))
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
-    ]
-    assert polygons._json_rings(shifted, bounds) == want
 
 
 @pytest.mark.parametrize("offset", [(3, 2), (-10, -5), (-1, 4)])
