@@ -153,6 +153,16 @@ def _ring(m, c, sx, sy, d, marks, stamp, vx, vy, nv):
     return nv, abs(area)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _run(starts, k, nruns, h, w):
+    """Run k's row and its pixels [x, x1) (runs never cross a row end; the next one starts at x1)."""
+    s = starts[k]
+    y = s // w
+    x = s - y * w
+    end = starts[k + 1] if k + 1 < nruns else h * w
+    return y, x, min(x + end - s, w)
+
+
 @_jit
 def _trace(m, wanted, starts, nruns, marks, base, vx, vy, first, cls, parent, area):
     """Every ring of every wanted class, in discovery order. Returns (vertices, rings); rings -1: the
@@ -163,11 +173,7 @@ def _trace(m, wanted, starts, nruns, marks, base, vx, vy, first, cls, parent, ar
     nr = 0
     nv = 0
     for k in range(nruns):
-        s = starts[k]
-        y = s // w
-        x = s - y * w
-        end = starts[k + 1] if k + 1 < nruns else h * w
-        x1 = min(x + end - s, w)
+        y, x, x1 = _run(starts, k, nruns, h, w)
         c = m[y, x]
         if not wanted[c]:
             continue
@@ -525,11 +531,7 @@ def _label_runs(m, wanted, starts, nruns, marks, base, cls, parent, nr, labels):
             number[r] = per_class[cls[r]]
             category[number[r]] = cls[r]
     for k in range(nruns):
-        s = starts[k]
-        y = s // w
-        x = s - y * w
-        end = starts[k + 1] if k + 1 < nruns else h * w
-        x1 = min(x + end - s, w)
+        y, x, x1 = _run(starts, k, nruns, h, w)
         c = m[y, x]
         region = 0
         if wanted[c]:

@@ -89,8 +89,10 @@ class OverlayStage(Stage):
 
         self.meta = ModelMeta.from_json(self.ctx.model["meta"])
         self.sinks = [open_sink(s) for s in self.cfg.sinks]  # spec errors surface before any frame
-        # compiled encoders load (~0.5 s) while the other stages start, not when the first frame waits
-        threading.Thread(target=self._warm_sinks, args=(list(self.sinks),), daemon=True).start()
+        # compiled encoders load (~0.5 s; compiling them the first time after an install takes seconds)
+        # while the other stages start, not when the first frame waits
+        self.warming = threading.Thread(target=self._warm_sinks, args=(list(self.sinks),), daemon=True)
+        self.warming.start()
         self.opened = False
         self.inp = open_socket(self.zctx, self.ctx.endpoints["in"])
         if self.ctx.endpoints.get("in_remote"):
@@ -152,6 +154,10 @@ class OverlayStage(Stage):
 
     def open_sinks(self, hdr: H.FrameHeader) -> None:
         from stream.sinks.base import StreamInfo
+
+        while self.warming.is_alive():  # heartbeats go on: a first compilation outlasts a stall timeout
+            self.heartbeat()
+            self.warming.join(0.05)
 
         src = hdr.source
         h, w = hdr.shape[:2] if hdr.shape else (src.get("h", 0), src.get("w", 0))

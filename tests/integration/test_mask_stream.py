@@ -20,6 +20,7 @@ import zmq
 from stream.messages import encode_classes_reply, encode_mask_message
 from stream.sinks.base import SinkError
 from stream.sinks.zmq_pub import ZmqPubSink
+from tests.procs import env
 
 from .mask_helpers import (
     NODE_CLIENT,
@@ -331,3 +332,33 @@ def test_masks_at_a_requested_size(samples, tmp_path):
     for bad in ("size=12", "size=0x90", "size=99999x2"):
         with pytest.raises(SinkError, match="size="):
             ZmqPubSink(f"zmq-pub://127.0.0.1:{port}?{bad}")
+
+
+def test_a_first_compilation_of_the_encoders_is_no_stall(tmp_path, avi_clip, onnx_model):
+    """The first polygons run after an install compiles the encoders (seconds) in the overlay stage,
+    longer than this run's stall timeout: the stage keeps sending heartbeats meanwhile, so it is not
+    restarted, and a lossless recorder gets every mask. (NUMBA_CACHE_DIR: an empty cache of its own.)"""
+    port, n = free_port_block(), 12
+    cold = env(NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"))
+    recorder = segstream(
+        "subscribe", f"tcp://127.0.0.1:{port}", "--lossless", "--save", str(tmp_path / "rec"),
+        "--timeout", "90", env=cold,
+    )  # fmt: skip
+    stats = tmp_path / "stats.json"
+    run = segstream(
+        "run", str(avi_clip.path), "--model", str(onnx_model), "--max-frames", str(n), "--no-progress",
+        "--stall-timeout", "1.5", "--stats-json", str(stats),
+        "--sink", f"zmq-pub://127.0.0.1:{port}?wait_recorders=1&encoding=polygons",
+        env=cold,
+    )  # fmt: skip
+    _, run_err = run.communicate(timeout=150)
+    _, rec_err = recorder.communicate(timeout=60)
+    assert run.returncode == 0, run_err
+    assert recorder.returncode == 0, rec_err
+    assert json.loads(stats.read_text())["restarts"] == {}
+    assert any((tmp_path / "numba-cache").rglob("*.nbi"))  # it did compile, into its own cache
+    saved = sorted((tmp_path / "rec").glob("*.json"))
+    headers = [json.loads(p.read_text()) for p in saved if not p.stem.endswith("_segments")]
+    assert [h["seq"] for h in headers] == list(range(n))
+    assert {h["encoding"] for h in headers} == {"polygons"}
+    assert len(saved) == 2 * n  # and each mask's segments document
