@@ -610,10 +610,17 @@ _local = threading.local()
 
 
 def _scratch(h: int, w: int) -> _Scratch:
+    """This thread's buffers for frames of this size: a few sizes are kept (sinks of one stream may
+    encode at different sizes), so no frame pays for fresh pages while the sizes stay the same."""
     cache = getattr(_local, "scratch", None)
-    if cache is None or cache[0] != (h, w):
-        _local.scratch = cache = ((h, w), _Scratch(h, w))
-    return cache[1]
+    if cache is None:
+        cache = _local.scratch = {}
+    s = cache.get((h, w))
+    if s is None:
+        if len(cache) >= 4:  # the sizes changed: do not hoard
+            cache.clear()
+        s = cache[(h, w)] = _Scratch(h, w)
+    return s
 
 
 def _trace_frame(m: np.ndarray, wanted: np.ndarray, s: _Scratch, nruns: int) -> tuple[int, int, int]:

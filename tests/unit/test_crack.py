@@ -93,6 +93,10 @@ def test_the_state_kept_between_frames_never_changes_a_result(camvid):
         for f, want in zip(frames, fresh, strict=True):
             assert _same(crack.trace(f, 1.0, (11,)), want)
             assert crack.trace(small, 0.0).cls.tolist() == small_rings
+    # both sizes keep their buffers (two sinks of a stream may encode at different sizes)
+    kept = crack._scratch(*frames[0].shape)
+    crack.trace(small)
+    assert crack._scratch(*frames[0].shape) is kept
     # stamps near their limit: the marks are cleared and tracing starts over from 0
     scratch = crack._scratch(*frames[0].shape)
     scratch.base = crack._STAMP_LIMIT - 2 * frames[0].size - 10
