@@ -1,4 +1,4 @@
-"""What does publishing masks cost? Two measurements, 480x360 and 1280x720 masks.
+"""What does publishing masks cost? Three measurements, 480x360 and 1280x720 masks.
 
 micro     no pipeline: a loop paced at 30 fps does overlay-stage work per frame (colorize + blend)
           and ZmqPubSink.write(); the publisher's CPU per frame (all threads, ZeroMQ I/O included)
@@ -10,17 +10,20 @@ pipeline  the way a user compares: whole `segstream run CLIP` processes, default
           counted, on a clip long enough to be a run (the shared vtest / solidWhiteRight videos looped
           to --frames, scaled to each size). "none" publishes nothing a subscriber could use
           (encoding=raw, no subscriber: a header and a send ZeroMQ drops); "publishing" is
-          encoding=ENCODING with 4 subscribers. Interleaved, --repeat times; medians of fps, of the
-          run's CPU per frame (all its processes; the subscribers not counted) and of start-up (the
-          wall time of a 5-frame run). Subscribers: `light` (a plain ZeroMQ SUB that counts messages:
-          what a consumer on another host costs this one, the sends) or `decoding`
-          (stream.subscriber, decoding every mask on this host: on 2 cores they compete with the
-          pipeline, a pessimistic figure).
+          encoding=ENCODING with 4 subscribers. Interleaved, --repeat times; medians of the run's fps,
+          of start-up (the wall time of a 5-frame run) and of what each frame costs after it: frames
+          per second and CPU ms per frame (all the run's processes; the subscribers not counted) from
+          (whole run - 5-frame run) / the frames between. Subscribers: `light` (a plain ZeroMQ SUB
+          that counts messages) or `decoding` (stream.subscriber, decoding every mask). Both run on
+          this host: on 2 cores they compete with the pipeline, a pessimistic figure.
+transport ZeroMQ's fan-out alone: a paced PUB sends a raw mask's and a polygons document's worth of
+          bytes to 0 and to 4 light subscribers, over tcp and ipc; the publisher's CPU per message.
 
   python tools/bench_publish.py micro [--frames 300] [--encodings raw coco-rle polygons]
                                       [--no-stage-settings]
   python tools/bench_publish.py pipeline [--encodings polygons coco-rle] [--frames 1600] [--repeat 3]
                                          [--subscribers light|decoding] [--model M.onnx]
+  python tools/bench_publish.py transport [--frames 1600] [--rate 185]
 """
 
 from __future__ import annotations
@@ -317,6 +320,52 @@ def run_pipeline(args) -> None:
     console.print(table)
 
 
+def run_transport(args) -> None:
+    """ZeroMQ's fan-out alone: a PUB paced at --rate sends --frames messages of each size (a header and
+    the payload) to 0 and to 4 light subscriber processes, over tcp and ipc; the publisher's CPU per
+    message (all threads: its I/O thread does the sends)."""
+    import zmq
+
+    console = Console(width=150)
+    table = Table(
+        title=f"fan-out alone: {args.frames} messages at {args.rate:g}/s, publisher CPU ms per message"
+    )
+    for col in ("payload bytes", "transport", "0 subs", "4 subs", "extra for 4", "received/sub"):
+        table.add_column(col, justify="right")
+    folder = Path(tempfile.mkdtemp())
+    for size in (172_800, 17_000):  # a raw 480x360 mask; a polygons document of one
+        for transport in ("tcp", "ipc"):
+            cpus, got = [], []
+            for n_subs in (0, 4):
+                ctx = zmq.Context()
+                pub = ctx.socket(zmq.PUB)
+                pub.setsockopt(zmq.SNDHWM, 64)
+                if transport == "tcp":
+                    pub.bind("tcp://127.0.0.1:0")
+                else:
+                    pub.bind(f"ipc://{folder / 'pub.sock'}")
+                addr = pub.getsockopt_string(zmq.LAST_ENDPOINT)
+                subs = start_subscribers(addr, n_subs, 5.0, LIGHT_SUBSCRIBER)
+                time.sleep(0.5)  # every subscription arrived
+                payload, header = os.urandom(size), b"h" * 300
+                c0, t0 = time.process_time(), time.perf_counter()
+                for i in range(args.frames):
+                    pub.send_multipart([header, payload], copy=False)
+                    pause = t0 + (i + 1) / args.rate - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                time.sleep(0.3)  # the I/O thread sends what is queued
+                cpus.append(1000 * (time.process_time() - c0) / args.frames)
+                got = finish_subscribers(subs) or got
+                pub.close(0)
+                ctx.term()
+            table.add_row(
+                f"{size:,}", transport, f"{cpus[0]:.3f}", f"{cpus[1]:.3f}", f"{cpus[1] - cpus[0]:.3f}",
+                _sub_cols(got)[0],
+            )  # fmt: skip
+    console.print(table)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -337,8 +386,11 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--encodings", nargs="+", default=["polygons", "coco-rle"], choices=encodings)
     p.add_argument("--subscribers", choices=["light", "decoding"], default="light")
+    t = sub.add_parser("transport")
+    t.add_argument("--frames", type=int, default=1600)
+    t.add_argument("--rate", type=float, default=185.0, help="messages per second (the pipeline's fps)")
     args = ap.parse_args()
-    run_micro(args) if args.mode == "micro" else run_pipeline(args)
+    {"micro": run_micro, "pipeline": run_pipeline, "transport": run_transport}[args.mode](args)
 
 
 if __name__ == "__main__":
