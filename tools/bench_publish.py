@@ -15,7 +15,10 @@ pipeline  the way a user compares: whole `segstream run CLIP` processes, default
           per second and CPU ms per frame (all the run's processes; the subscribers not counted) from
           (whole run - 5-frame run) / the frames between. Subscribers: `light` (a plain ZeroMQ SUB
           that counts messages) or `decoding` (stream.subscriber, decoding every mask). Both run on
-          this host: on 2 cores they compete with the pipeline, a pessimistic figure.
+          this host and report their own CPU per frame: on 2 cores they compete with the pipeline.
+          --workers 1 --threads 1 gives inference one core of its own and leaves the other to the rest
+          (the regime of a GPU pipeline, where inference does not run on the publisher's cores);
+          --device cuda with a .pt model measures a GPU pipeline.
 transport ZeroMQ's fan-out alone: a paced PUB sends a raw mask's and a polygons document's worth of
           bytes to 0 and to 4 light subscribers, over tcp and ipc; the publisher's CPU per message.
 
@@ -23,6 +26,8 @@ transport ZeroMQ's fan-out alone: a paced PUB sends a raw mask's and a polygons 
                                       [--no-stage-settings]
   python tools/bench_publish.py pipeline [--encodings polygons coco-rle] [--frames 1600] [--repeat 3]
                                          [--subscribers light|decoding] [--model M.onnx]
+                                         [--workers N] [--threads N] [--device cuda]
+                                         [--sizes 480x360 1280x720]
   python tools/bench_publish.py transport [--frames 1600] [--rate 185]
 """
 
@@ -32,6 +37,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -50,29 +56,35 @@ SHARED = REPO.parent / "shared" / "data"
 SIZES = [(480, 360), (1280, 720)]
 ENV = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
+# Both report the CPU they spent from their first message on (all threads, ZeroMQ's I/O included):
+# on one host the subscribers' CPU is taken from the pipeline's cores.
 SUBSCRIBER = """
-import json, sys
+import json, resource, sys
 from stream.subscriber import Subscriber
+cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
 with Subscriber(sys.argv[1]) as sub:
     print("ready", flush=True)
-    n = 0
+    n, c0 = 0, 0.0
     while sub.recv(timeout=float(sys.argv[2]) if n == 0 else 2.0) is not None:  # 2 s idle: the run ended
+        c0 = cpu() if n == 0 else c0
         n += 1
-    print(json.dumps({"received": n, "gaps": sub.stats.gaps}), flush=True)
+    print(json.dumps({"received": n, "gaps": sub.stats.gaps, "cpu_s": cpu() - c0}), flush=True)
 """
 
 
 LIGHT_SUBSCRIBER = """
-import json, sys, zmq
+import json, resource, sys, zmq
+cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
 sub = zmq.Context().socket(zmq.SUB)
 sub.setsockopt(zmq.SUBSCRIBE, b"")
 sub.connect(sys.argv[1].split("?")[0])
 print("ready", flush=True)
-n = 0
+n, c0 = 0, 0.0
 while sub.poll(int(1000 * float(sys.argv[2])) if n == 0 else 2000):
     sub.recv_multipart()
+    c0 = cpu() if n == 0 else c0
     n += 1
-print(json.dumps({"received": n, "gaps": 0}), flush=True)
+print(json.dumps({"received": n, "gaps": 0, "cpu_s": cpu() - c0}), flush=True)
 """
 
 
@@ -179,6 +191,11 @@ def micro_run(
     return 1000 * cpu / n_frames, 1000 * write_s / n_frames, finish_subscribers(subs)
 
 
+def _size(text: str) -> tuple[int, int]:
+    w, h = text.lower().split("x")
+    return int(w), int(h)
+
+
 def _sub_cols(reports: list[dict]) -> list[str]:
     return [
         f"{np.mean([r['received'] for r in reports]):.0f}",
@@ -216,38 +233,40 @@ def run_micro(args) -> None:
 
 
 def make_clip(size, n_frames: int, tmp: Path) -> Path:
-    """A clip of the requested size from the shared videos (ffmpeg scale; no download)."""
+    """A clip of the requested size from the shared videos, looped and scaled (no download). Without
+    them (a machine with the repo alone) the bundled sample clip; without ffmpeg, OpenCV writes it."""
     src = SHARED / "video" / ("vtest.avi" if size == (480, 360) else "solidWhiteRight.mp4")
+    if not src.exists():
+        src = REPO / "stream" / "assets" / "sample.mp4"
     out = tmp / f"clip_{size[0]}x{size[1]}.mp4"
-    subprocess.run(
-        [
-            "ffmpeg",
-            "-loglevel",
-            "error",
-            "-y",
-            "-stream_loop",
-            "-1",  # looped: as long a run as asked for
-            "-i",
-            str(src),
-            "-frames:v",
-            str(n_frames),
-            "-vf",
-            f"scale={size[0]}:{size[1]}",
-            "-c:v",
-            "libx264",
-            "-preset",
-            "ultrafast",
-            str(out),
-        ],
-        check=True,
-    )
+    if shutil.which("ffmpeg"):
+        subprocess.run(
+            ["ffmpeg", "-loglevel", "error", "-y", "-stream_loop", "-1", "-i", str(src), "-frames:v",
+             str(n_frames), "-vf", f"scale={size[0]}:{size[1]}", "-c:v", "libx264", "-preset", "ultrafast",
+             str(out)],
+            check=True,
+        )  # fmt: skip
+        return out
+    cap = cv2.VideoCapture(str(src))
+    frames = []
+    while (got := cap.read())[0]:
+        frames.append(cv2.resize(got[1], size))
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"mp4v"), 30, size)
+    for i in range(n_frames):
+        writer.write(frames[i % len(frames)])
+    writer.release()
     return out
 
 
 def pipeline_run(
-    clip: Path, model: str, encoding: str, n_subs: int, light: bool, max_frames: int | None = None
+    clip: Path,
+    encoding: str,
+    n_subs: int,
+    light: bool,
+    run_args: list[str],
+    max_frames: int | None = None,
 ) -> tuple[float, float, float, int, list[dict]]:
-    """One `segstream run CLIP --sink zmq-pub://...?encoding=ENCODING` with n_subs subscribers:
+    """One `segstream run CLIP RUN_ARGS --sink zmq-pub://...?encoding=ENCODING` with n_subs subscribers:
     (fps, CPU seconds of the run's process tree, wall seconds, frames, subscriber reports)."""
     port, classes_port = free_port(), free_port()
     code = LIGHT_SUBSCRIBER if light else SUBSCRIBER
@@ -259,8 +278,7 @@ def pipeline_run(
         "stream",
         "run",
         str(clip),
-        "--model",
-        model,
+        *run_args,
         "--no-progress",
         "--sink",
         f"zmq-pub://127.0.0.1:{port}?lossless=off&classes={classes_port}&encoding={encoding}",
@@ -281,41 +299,50 @@ def pipeline_run(
 
 
 def run_pipeline(args) -> None:
-    console = Console(width=200)
+    console = Console(width=220)
     light = args.subscribers == "light"
+    run_args = ["--model", args.model, *(["--workers", str(args.workers)] if args.workers else [])]
+    run_args += ["--threads", str(args.threads)] if args.threads else []
+    run_args += ["--device", args.device] if args.device else []
+    flags = " ".join(run_args[2:]) or "default flags"
     table = Table(
-        title=f"segstream run, {args.frames}-frame clips, medians of {args.repeat} interleaved runs: "
-        f"publishing nothing (encoding=raw, no subscriber) vs ENCODING to 4 {args.subscribers} subscribers; "
-        "after start-up = (a whole run - a 5-frame run) / the frames between"
+        title=f"segstream run ({flags}), {args.frames}-frame clips, medians of {args.repeat} interleaved "
+        f"runs: publishing nothing (encoding=raw, no subscriber) vs ENCODING to 4 {args.subscribers} "
+        "subscribers on this host; after start-up = (a whole run - a 5-frame run) / the frames between; "
+        "CPU: the run's processes; subscribers: their own CPU per frame, all 4"
     )
     cols = (
         "clip", "encoding", "fps none", "publishing", "ratio", "after start-up: fps none", "publishing",
-        "ratio", "CPU ms/frame none", "publishing", "ratio", "start-up s none", "publishing", "received/sub",
+        "ratio", "CPU ms/frame none", "publishing", "ratio", "subscribers ms/frame", "start-up s none",
+        "publishing", "received/sub",
     )  # fmt: skip
     for col in cols:
         table.add_column(col, justify="right")
     with tempfile.TemporaryDirectory() as tmp:
-        for size in SIZES:
+        for size in args.sizes:
             clip = make_clip(size, args.frames, Path(tmp))
             for enc in args.encodings:
                 runs: dict[str, list[tuple[float, ...]]] = {"none": [], "pub": []}
                 reps: list[dict] = []
+                sub_ms: list[float] = []
                 for _ in range(args.repeat):  # interleaved: machine load drifts hit both sides alike
                     for side, encoding, n in (("none", "raw", 0), ("pub", enc, 4)):
-                        fps, cpu, wall, frames, got = pipeline_run(clip, args.model, encoding, n, light)
-                        _, cpu5, wall5, frames5, _ = pipeline_run(clip, args.model, encoding, 0, light, 5)
+                        fps, cpu, wall, frames, got = pipeline_run(clip, encoding, n, light, run_args)
+                        _, cpu5, wall5, frames5, _ = pipeline_run(clip, encoding, 0, light, run_args, 5)
                         more = frames - frames5
                         steady = more / (wall - wall5)
                         runs[side].append((fps, steady, 1000 * (cpu - cpu5) / more, wall5))
-                        reps = got or reps
+                        if got:
+                            reps = got
+                            sub_ms.append(1000 * sum(r["cpu_s"] for r in got) / frames)
                 med = {k: np.median(np.array(v), axis=0) for k, v in runs.items()}
                 what = "fps, fps after start-up, CPU ms/frame after it, start-up s"
-                console.print(f"  {size} {enc} ({what}): {runs}", style="dim")
+                console.print(f"  {size} {enc} ({what}): {runs}; subscribers ms/frame {sub_ms}", style="dim")
                 (f0, s0, c0, w0), (f1, s1, c1, w1) = med["none"], med["pub"]
                 table.add_row(
                     f"{size[0]}x{size[1]}", enc, f"{f0:.1f}", f"{f1:.1f}", f"{f1 / f0:.3f}", f"{s0:.1f}",
-                    f"{s1:.1f}", f"{s1 / s0:.3f}", f"{c0:.2f}", f"{c1:.2f}", f"{c0 / c1:.3f}", f"{w0:.2f}",
-                    f"{w1:.2f}", _sub_cols(reps)[0],
+                    f"{s1:.1f}", f"{s1 / s0:.3f}", f"{c0:.2f}", f"{c1:.2f}", f"{c0 / c1:.3f}",
+                    f"{np.median(sub_ms):.2f}", f"{w0:.2f}", f"{w1:.2f}", _sub_cols(reps)[0],
                 )  # fmt: skip
     console.print(table)
 
@@ -386,6 +413,10 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--encodings", nargs="+", default=["polygons", "coco-rle"], choices=encodings)
     p.add_argument("--subscribers", choices=["light", "decoding"], default="light")
+    p.add_argument("--workers", type=int, help="segstream run --workers (default: its own default)")
+    p.add_argument("--threads", type=int, help="segstream run --threads (inference threads per worker)")
+    p.add_argument("--device", help="segstream run --device (e.g. cuda with a .pt model)")
+    p.add_argument("--sizes", nargs="+", type=_size, default=SIZES, help="WxH clips (default both)")
     t = sub.add_parser("transport")
     t.add_argument("--frames", type=int, default=1600)
     t.add_argument("--rate", type=float, default=185.0, help="messages per second (the pipeline's fps)")

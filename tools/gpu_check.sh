@@ -52,11 +52,13 @@ COLUMNS=140 timeout 300 "$PY" tools/bench_infer.py "${model_args[@]}" --graphs -
   --batches 1,4 --sizes 480x360 --iters 300 2>&1 | tee "$OUT/runtimes_graphs_${gpu}.txt"
 
 # The pipeline on that machine: needs pyzmq and PyAV, which its image lacks. Carry their wheels (cp312,
-# manylinux x86_64) in .whl/ and they are installed into /tmp/site first.
+# manylinux x86_64) in .whl/ and they are installed into /tmp/site first; numba and llvmlite wheels there
+# too let the mask publisher's benchmark run (issue 17: its cost where inference is on the GPU).
 echo "== pipeline bench (transport; torch CUDA and ONNX Runtime CPU, bundled model and clip)"
 if ls .whl/pyzmq-*.whl .whl/av-*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/pyzmq-*.whl .whl/av-*.whl && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+    .whl/pyzmq-*.whl .whl/av-*.whl $(ls .whl/numba-*.whl .whl/llvmlite-*.whl 2>/dev/null) \
+    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
 if "$PY" -c "import zmq, av" 2>/dev/null; then
   timeout 70 "$PY" tools/bench_transport.py --seconds 1 2>&1 | tee "$OUT/transport.txt"
@@ -64,6 +66,14 @@ if "$PY" -c "import zmq, av" 2>/dev/null; then
   timeout 200 "$PY" -m stream run stream/assets/sample.mp4 --model stream/assets/default.pt --device cuda \
     --sink /tmp/pipeline_torch_cuda.mp4 --no-progress --stats-json "$OUT/pipeline_torch_cuda.json" 2>&1 \
     | tee "$OUT/pipeline_torch_cuda.txt"
+  # the mask publisher's cost with inference on the GPU: publishing nothing vs polygons / coco-rle to 4
+  # subscribers, whole runs (appended to the torch CUDA file: a device run brings back 8 files at most)
+  if "$PY" -c "import numba" 2>/dev/null; then
+    COLUMNS=220 timeout 300 "$PY" tools/bench_publish.py pipeline --model stream/assets/default.pt \
+      --device cuda --repeat 2 2>&1 | tee -a "$OUT/pipeline_torch_cuda.txt"
+  else
+    echo "publish bench skipped: numba not importable (carry its and llvmlite's wheels in .whl/)"
+  fi
   # ONNX Runtime CPU pipeline vs the hand-written loop, whole processes (tools/bench_pipeline.py)
   timeout 400 "$PY" tools/bench_pipeline.py --repeat 3 --live-seconds 5 \
     --json "$OUT/pipeline_ort_cpu.json" 2>&1 | tee "$OUT/pipeline_ort_cpu.txt"

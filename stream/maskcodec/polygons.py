@@ -92,24 +92,36 @@ def rasterize(
 ) -> np.ndarray:
     """Paint ``value`` where the polygons cover a pixel's center (even-odd rule over every ring, so a
     hole is empty and a region inside a hole is filled); returns (H, W) uint8 ``out``."""
-    import cv2
-
     if out is None:
         out = np.zeros((height, width), np.uint8)
     rings = [p.exterior for p in polygons] + [h for p in polygons for h in p.holes]
-    rings = [r.astype(np.int32) for r in rings if len(r) >= 3]
     if not rings:
         return out
+    lengths = np.array([len(r) for r in rings])
+    return fill_rings(np.concatenate(rings).reshape(-1, 2), lengths, out, value)
+
+
+def fill_rings(points: np.ndarray, lengths: np.ndarray, out: np.ndarray, value: int) -> np.ndarray:
+    """``rasterize`` for rings given as all their (x, y) corners one after another (``points`` (N, 2))
+    and each ring's corner count (``lengths``); rings of fewer than 3 corners paint nothing."""
+    import cv2
+
+    height, width = out.shape
+    keep = lengths >= 3
+    if not keep.all():
+        points, lengths = points[np.repeat(keep, lengths)], lengths[keep]
+    if not lengths.size:
+        return out
+    points = points.astype(np.int32)
     # only the rings' bounding box, clipped to the image (a small segment costs a small raster)
-    allpts = np.concatenate(rings)
-    x0, y0 = np.maximum(allpts.min(axis=0), 0)
-    x1, y1 = np.minimum(allpts.max(axis=0), (width, height))
+    x0, y0 = np.maximum(points.min(axis=0), 0)
+    x1, y1 = np.minimum(points.max(axis=0), (width, height))
     if x1 <= x0 or y1 <= y0:
         return out
-    origin = np.array([x0, y0], np.int32)
     # in a 2x grid the corners sit on even coordinates and pixel centers on odd ones, so an
     # axis-aligned edge never passes through a center: tolerance-0 polygons come back exactly
     up = np.zeros((2 * (y1 - y0), 2 * (x1 - x0)), np.uint8)
-    cv2.fillPoly(up, [(r - origin) * 2 for r in rings], 1)
-    out[y0:y1, x0:x1][up[1::2, 1::2].astype(bool)] = value
+    scaled = (points - np.array([x0, y0], np.int32)) * 2
+    cv2.fillPoly(up, np.split(scaled, np.cumsum(lengths[:-1])), 1)
+    np.copyto(out[y0:y1, x0:x1], value, where=up[1::2, 1::2].view(bool))
     return out

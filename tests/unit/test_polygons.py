@@ -159,9 +159,21 @@ def test_polygons_message_fills_with_the_ignore_id(camvid):
 
 
 @pytest.mark.parametrize(
-    "ring", [[0, 0, 5, 0], [0, 0, 9999, 0, 0, 5], [0, 0, 5, 0, 0, "5"], [0, 0, 5, 0, 0, -1]]
+    "ring",
+    [
+        [0, 0, 5, 0],
+        [0, 0, 9999, 0, 0, 5],
+        [0, 0, 5, 0, 0, "5"],
+        [0, 0, 5, 0, 0, -1],
+        [0, 0, 5, 0, 0, True],  # JSON true is no coordinate, though Python's bool is an int
+        [0, 0, 5, 0, 0, 5.0],
+        [0, 0, 5, 0, 0, 2**70],  # beyond 64 bits: a clear refusal, not an OverflowError
+        [0, 0, 5, 0, 0, None],
+        5,
+    ],
 )
-def test_bad_rings_are_refused(camvid, ring):
+@pytest.mark.parametrize("where", ["exterior", "hole"])
+def test_bad_rings_are_refused(camvid, ring, where):
     classes = ClassTable.from_json_file(camvid / "classes.json")
     lab = _labels(camvid)[0]
     frames = [
@@ -171,11 +183,15 @@ def test_bad_rings_are_refused(camvid, ring):
         )
     ]
     doc = json.loads(frames[2])
-    doc["segments"][0]["polygons"][0]["exterior"] = ring
+    polygon = doc["segments"][0]["polygons"][0]
+    if where == "exterior":
+        polygon["exterior"] = ring
+    else:
+        polygon["holes"].append(ring)
     payload = json.dumps(doc).encode()
     header = json.loads(frames[1])
     header["mask_bytes"] = len(payload)
-    if len(ring) % 2 == 0 and all(isinstance(v, int) and 0 <= v <= 240 for v in ring):
+    if isinstance(ring, list) and len(ring) % 2 == 0 and all(type(v) is int and 0 <= v <= 240 for v in ring):
         decode_mask_message([frames[0], json.dumps(header).encode(), payload])  # degenerate: ignored
         return
     with pytest.raises(MessageError):
