@@ -2,7 +2,9 @@
 
 Up to three sockets, one per delivery need:
   * PUB on PORT, lossy: a small send HWM, so a slow subscriber loses messages (it sees seq gaps)
-    and never slows the pipeline;
+    and never slows the pipeline. An XPUB, so the publisher knows whether anyone subscribes: while
+    no subscriber (and no recorder) is there, masks are not encoded at all (counted as
+    ``unsubscribed``), so a publisher nobody listens to costs the pipeline nothing;
   * REP on PORT+1 (``classes=``): returns the class table, so late joiners need no restart;
   * ROUTER for recorders, only when asked (``lossless=on`` for PORT+2, ``lossless=P``, or
     ``wait_recorders=N``): recorders grant credit. On a file source the publisher waits for credit
@@ -156,7 +158,8 @@ class ZmqPubSink(Sink):
         self.wants_confidence = self.confidence is not None
         self.wants_maps = self.maps
         self.stats = {
-            "published": 0,
+            "published": 0,  # every mask of the stream, those nobody was subscribed to included
+            "unsubscribed": 0,  # masks not encoded: no subscriber and no recorder was there
             "lossless_sent": 0,
             "recorders": 0,
             "recorders_dropped": 0,  # dropped for any reason (includes recorders_refused)
@@ -174,6 +177,7 @@ class ZmqPubSink(Sink):
         self._banned: dict[bytes, None] = {}  # dropped identities: their later messages are ignored
         self._live = False
         self._last_seq = -1
+        self._subscriptions = 0  # (subscriber, topic) pairs, from the XPUB's (un)subscribe messages
 
     # ------------------------------------------------------------------------------------ open
     def open(self, info: StreamInfo) -> None:
@@ -196,7 +200,11 @@ class ZmqPubSink(Sink):
                 )
             # options before bind: a listener copies them for every connection it accepts later
             # small queue + small kernel buffer bound how far a slow lossy subscriber lags behind
-            self._pub = self._bind(zmq.PUB, self.ep.port, {zmq.SNDHWM: self.hwm, zmq.SNDBUF: 1 << 20})
+            # XPUB_VERBOSER: every subscription and every unsubscription (a subscriber leaving included)
+            # reaches us, so the count is exact, not only a topic's first and last
+            self._pub = self._bind(
+                zmq.XPUB, self.ep.port, {zmq.SNDHWM: self.hwm, zmq.SNDBUF: 1 << 20, zmq.XPUB_VERBOSER: 1}
+            )
             rep = self._bind(zmq.REP, self.ep.classes_port, {})
             if self.lossless:
                 # credit bounds each recorder's queue; the HWM above it only catches a recorder that
@@ -401,17 +409,22 @@ class ZmqPubSink(Sink):
 
         if self._pub is None:
             raise SinkError(f"{self.spec}: write() before open()")
+        if result.classes is not None and result.classes is not self.classes:
+            # the model was swapped: the digest in the headers changes from this frame on, and the
+            # class-table port answers with the new table before any subscriber can ask for it
+            self.classes = result.classes
+            self._reply = encode_classes_reply(self.stream, self.classes)
+        self._last_seq = result.seq
+        if not self._listened_to():
+            self.stats["published"] += 1
+            self.stats["unsubscribed"] += 1
+            return
         overlay_jpeg = None
         if self.overlay and result.overlay is not None:
             import cv2
 
             ok, buf = cv2.imencode(".jpg", result.overlay, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
             overlay_jpeg = buf.tobytes() if ok else None
-        if result.classes is not None and result.classes is not self.classes:
-            # the model was swapped: the digest in the headers changes from this frame on, and the
-            # class-table port answers with the new table before any subscriber can ask for it
-            self.classes = result.classes
-            self._reply = encode_classes_reply(self.stream, self.classes)
         mask = result.mask
         confidence = result.confidence if self.confidence else None
         maps = {m: result.maps[m] for m in self.maps if m in result.maps}
@@ -449,9 +462,29 @@ class ZmqPubSink(Sink):
         except zmq.Again:
             pass  # PUB drops at the HWM itself; Again only on exotic transports
         self.stats["published"] += 1
-        self._last_seq = result.seq
         if self._router is not None:
             self._send_lossless(frames)
+
+    def _listened_to(self) -> bool:
+        """Whether a subscriber or a recorder would get this mask (reads the pending subscriptions)."""
+        import zmq
+
+        while True:
+            try:
+                event = self._pub.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            # b"\x01topic" subscribes, b"\x00topic" unsubscribes; anything else is no subscription
+            if event[:1] == b"\x01":
+                self._subscriptions += 1
+            elif event[:1] == b"\x00":
+                self._subscriptions = max(0, self._subscriptions - 1)
+        if self._subscriptions > 0:
+            return True
+        if self._router is None:
+            return False
+        self._pump(0)
+        return bool(self._recorders)
 
     # ----------------------------------------------------------------------------------- close
     def close(self) -> None:

@@ -108,6 +108,39 @@ def test_lossy_slow_subscriber_sees_gaps_and_never_slows_the_publisher(samples):
     assert got["classes"]
 
 
+def test_masks_nobody_subscribes_to_are_not_encoded(samples):
+    """The publisher is an XPUB: while no subscriber is there it encodes nothing (polygons, the overlay
+    JPEG), from a subscriber's subscription on it encodes every mask, and once it leaves it stops."""
+    from stream.subscriber import Subscriber
+
+    classes, frames, masks = samples
+    port = free_port_block()
+    sink = _sink(f"zmq-pub://127.0.0.1:{port}?encoding=polygons&tolerance=0&overlay=1", samples)
+    with Feeder(sink, frames, masks, rate=100) as feeder:
+        deadline = time.monotonic() + 20
+        while sink.stats["unsubscribed"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sink.stats["unsubscribed"] >= 20
+        with Subscriber(f"tcp://127.0.0.1:{port}") as sub:
+            got = [sub.recv(timeout=10) for _ in range(5)]
+            skipped = sink.stats["unsubscribed"]
+            got += [sub.recv(timeout=10) for _ in range(10)]
+            assert sink.stats["unsubscribed"] == skipped  # subscribed: every mask encoded
+        assert all(m is not None for m in got)
+        for m in got:  # tolerance 0: the masks exactly, and the overlay JPEG with them
+            assert np.array_equal(m.mask, masks[m.seq % len(masks)])
+            assert m.overlay is not None and m.overlay.shape == frames[0].shape
+        seqs = [m.seq for m in got]
+        assert seqs == sorted(set(seqs))  # a lossy subscriber may miss some under load, in order
+        # it left: its unsubscription reaches the publisher, which stops encoding again
+        left = sink.stats["unsubscribed"]
+        deadline = time.monotonic() + 20
+        while sink.stats["unsubscribed"] < left + 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sink.stats["unsubscribed"] >= left + 10
+    assert sink.stats["published"] == feeder.written
+
+
 def test_lossless_slow_recorder_gets_everything_with_backpressure(samples):
     _, frames, masks = samples
     port = free_port_block()
