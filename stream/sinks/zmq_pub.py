@@ -469,7 +469,7 @@ class ZmqPubSink(Sink):
         """Whether a subscriber or a recorder would get this mask (reads the pending subscriptions)."""
         import zmq
 
-        while True:
+        for _ in range(_MAX_COMMANDS_PER_PUMP):  # a flood of subscriptions cannot hold the frame up
             try:
                 event = self._pub.recv(zmq.NOBLOCK)
             except zmq.Again:
